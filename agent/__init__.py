@@ -1,0 +1,3 @@
+"""Edge streaming inference agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.outbox import Outbox
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def outbox(tmp_path: Path):
+    box = Outbox(tmp_path / "outbox.db")
+    yield box
+    box.close()
+
+
+def test_put_peek_in_order(outbox: Outbox) -> None:
+    ids = [outbox.put("t/a", f"m{i}".encode(), qos=1) for i in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    items = outbox.peek(10)
+    assert [i.payload for i in items] == [f"m{i}".encode() for i in range(5)]
+    assert [i.id for i in outbox.peek(2, after_id=ids[1])] == ids[2:4]
+    assert items[0].topic == "t/a" and items[0].qos == 1 and items[0].retain is False
+    assert outbox.depth == 5
+
+
+def test_ack_removes_only_that_message(outbox: Outbox) -> None:
+    ids = [outbox.put("t", bytes([i])) for i in range(4)]
+    outbox.ack(ids[1])
+    outbox.ack_many([ids[3], 999_999])
+    assert [i.id for i in outbox.peek(10)] == [ids[0], ids[2]]
+    assert outbox.depth == 2
+    outbox.ack(ids[1])
+    assert outbox.depth == 2
+
+
+def test_ids_keep_growing_after_the_queue_empties(outbox: Outbox) -> None:
+    first = outbox.put("t", b"a")
+    outbox.ack(first)
+    assert outbox.depth == 0
+    assert outbox.put("t", b"b") > first
+
+
+def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_messages=3) as box:
+        for i in range(5):
+            box.put("t", str(i).encode())
+        assert [i.payload for i in box.peek(10)] == [b"2", b"3", b"4"]
+        assert box.depth == 3 and box.dropped == 2
+
+
+def test_byte_cap_drops_oldest(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=250) as box:
+        for i in range(4):
+            box.put("t", bytes([i]) * 100)
+        assert [i.payload[0] for i in box.peek(10)] == [2, 3]
+        assert box.size_bytes == 200 and box.dropped == 2
+
+
+def test_expire_drops_old_messages(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_age_s=60) as box:
+        box.put("t", b"old")
+        assert box.expire(now=time.time() + 30) == 0
+        assert box.expire(now=time.time() + 61) == 1
+        assert box.depth == 0 and box.dropped == 1 and box.expired == 1
+
+
+def test_set_aside_moves_to_bounded_dead_letters(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_dead_letters=2) as box:
+        ids = [box.put("t", bytes([i])) for i in range(4)]
+        for i in ids[:3]:
+            assert box.set_aside(i, "Not authorized")
+        assert not box.set_aside(12345, "unknown")
+        assert box.depth == 1 and box.set_aside_count == 2
+        dead = box.dead_letters()
+        assert [d.item.id for d in dead] == ids[1:3]
+        assert dead[0].reason == "Not authorized"
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, max_messages=10) as box:
+        ids = [box.put("t", bytes([i])) for i in range(3)]
+        box.ack(ids[0])
+    with Outbox(path, max_messages=10) as box:
+        assert [i.id for i in box.peek(10)] == ids[1:]
+        assert box.depth == 2 and box.put("t", b"x") > ids[-1]
+
+
+WRITER = """
+import sys
+from agent.outbox import Outbox
+box = Outbox(sys.argv[1])
+i = 0
+while True:
+    box.put("t", str(i).encode())
+    i += 1
+    if i == 200:
+        print("ready", flush=True)
+"""
+
+
+def test_put_survives_sigkill_of_writer(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT,
+                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(5)
+    with Outbox(path) as box:
+        payloads = [int(i.payload) for i in box.peek(1_000_000)]
+        assert len(payloads) >= 200
+        assert payloads == list(range(len(payloads)))
+        assert box.depth == len(payloads)
+
+
+def test_memory_mode_has_the_same_api() -> None:
+    box = Outbox.disabled(max_messages=2)
+    assert not box.durable
+    for i in range(3):
+        box.put("t", bytes([i]))
+    assert box.depth == 2 and box.dropped == 1
+    box.ack(box.peek(1)[0].id)
+    assert box.depth == 1
+    box.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "ack", "aside"]), st.integers(0, 20)),
+                max_size=60))
+def test_behaves_like_a_bounded_ordered_list(ops: list[tuple[str, int]]) -> None:
+    box = Outbox.disabled(max_messages=8)
+    model: list[int] = []
+    dropped = 0
+    for op, n in ops:
+        if op == "put":
+            model.append(box.put("t", bytes([n])))
+            if len(model) > 8:
+                model.pop(0)
+                dropped += 1
+        elif model:
+            target = model[n % len(model)]
+            (box.ack(target) if op == "ack" else box.set_aside(target, "x"))
+            model.remove(target)
+        assert [i.id for i in box.peek(100)] == model
+        assert box.depth == len(model) and box.dropped == dropped
+    box.close()

@@ -1,0 +1,369 @@
+"""Capture stage: a camera source per thread, each feeding a latest-frame slot.
+
+Capture never waits for inference: ``CameraSource`` reads as fast as its source delivers
+and ``put``s every accepted frame into a ``LatestFrameSlot``, which keeps only the newest
+and counts what it overwrote. Sources are described by ``agent.sources.CameraOptions``.
+
+Each frame is the array ``cv2.VideoCapture.read()`` allocates for it, marked read-only.
+Decoding into a reused buffer would save that allocation, but the previous frame may still
+sit in the slot or be in the consumer's hands (a snapshot keeps it for longer), so a buffer
+could only be reused once nobody holds it; the copy-free handover is worth more here.
+Frames dropped for ``target_fps`` are only grabbed, never converted to BGR.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from agent.errors import SourceError
+from agent.records import Frame
+from agent.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
+
+log = logging.getLogger(__name__)
+
+STARTING, OK, LOST, ENDED = "starting", "ok", "lost", "ended"
+StateCallback = Callable[[str, str, "str | None"], None]
+
+FAILED_READS_LIMIT = 5
+"""Failed reads in a row before a stream counts as lost (or a file as ended). Fewer are
+counted as corrupt frames: FFmpeg returns one failed read per undecodable MJPEG part."""
+CORRUPT_IN_ROW_LIMIT = 50
+"""Decoded but unusable frames in a row before the source is reopened."""
+SHAPE_ADOPT_AFTER = 3
+"""Frames of a new size in a row before the new size is taken as the stream's size."""
+
+
+class LatestFrameSlot:
+    """Holds one frame: ``put`` replaces an unread frame (counted), ``get`` waits for a new one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._latest: Frame | None = None
+        self._closed = False
+        self.puts = 0
+        self.overwritten = 0
+
+    def put(self, frame: Frame) -> None:
+        """Never blocks; an unread frame is replaced and counted in ``overwritten``."""
+        with self._cond:
+            if self._frame is not None:
+                self.overwritten += 1
+            self._frame = frame
+            self._latest = frame
+            self.puts += 1
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Frame | None:
+        """The newest unread frame, or None after ``timeout`` seconds or once closed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is None and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def close(self) -> None:
+        """Wake every waiter; later ``get`` calls return at once (an unread frame first)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def latest(self) -> Frame | None:
+        """The last frame put, read or not (for snapshots)."""
+        return self._latest
+
+
+@dataclass
+class _Pass:
+    """Reading state of one open capture (one pass over a file)."""
+
+    start_mono: float = field(default_factory=time.monotonic)
+    position: int = 0
+    good: int = 0
+    failed_in_row: int = 0
+    corrupt_in_row: int = 0
+    shape: tuple[int, ...] | None = None
+    odd_shape_run: int = 0
+
+
+class CameraSource:
+    """Reads one camera, file or stream on a daemon thread into a ``LatestFrameSlot``.
+
+    States: ``starting`` until the first frame, ``ok`` while frames arrive, ``lost`` while
+    the source cannot be opened or read (it is released and reopened with exponential
+    backoff and jitter), ``ended`` when a file without ``loop`` is finished. ``on_state``
+    (called on the capture thread, exceptions logged) sees every change.
+
+    ``Frame.index`` is the frame's number within the file for files (0-based, restarting on
+    every loop) and a running count of frames read for live sources (skipped ones included,
+    so gaps show drops).
+    """
+
+    def __init__(self, opts: CameraOptions, slot: LatestFrameSlot, *,
+                 on_state: StateCallback | None = None,
+                 capture_factory: CaptureFactory | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.options = opts
+        self._slot = slot
+        self._on_state = on_state
+        self._factory = capture_factory
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = STARTING
+        self.reason: str | None = None
+        self.frames_read = 0
+        self.frames_emitted = 0
+        self.frames_skipped = 0
+        self.corrupt_frames = 0
+        self.reconnects = 0
+        self.loops = 0
+        self.last_frame_mono: float | None = None
+        self.waiting_legitimately = False
+        self._live_index = 0
+        self._period = 1.0 / opts.target_fps if opts.target_fps else None
+        self._next_emit = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise SourceError(f"camera source {self.name!r} was already started")
+        self._thread = threading.Thread(target=self._run, name=f"capture-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Ask the thread to finish; True if it did within ``timeout``.
+
+        A thread blocked in OpenCV ends once its open or read timeout expires.
+        """
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        opened_before = False
+        while not self._stop.is_set():
+            if opened_before:
+                self.reconnects += 1
+            opened_before = True
+            try:
+                cap = open_capture(self.options, self._factory)
+            except SourceError as exc:
+                self._set_state(LOST, str(exc))
+                attempt = self._backoff(attempt)
+                continue
+            good_before = self.frames_read
+            outcome, reason = self._read_safely(cap)
+            if outcome == "stop":
+                return
+            if outcome == ENDED:
+                self.waiting_legitimately = True
+                self._set_state(ENDED, reason)
+                return
+            if outcome == "reopen":
+                opened_before = False
+                continue
+            self._set_state(LOST, reason)
+            if self.frames_read > good_before:
+                attempt = 0
+            attempt = self._backoff(attempt)
+
+    def _read_safely(self, cap: VideoCaptureLike) -> tuple[str, str | None]:
+        """Run one session; any exception becomes a loss, never the end of the thread."""
+        try:
+            return self._session(cap)
+        except Exception as exc:
+            log.exception("camera %s: capture failed", self.name)
+            return LOST, f"capture failed: {type(exc).__name__}: {exc}"
+        finally:
+            try:
+                cap.release()
+            except Exception:
+                log.exception("camera %s: release failed", self.name)
+
+    def _backoff(self, attempt: int) -> int:
+        opts = self.options
+        ceiling = min(opts.reconnect_max_s, opts.reconnect_min_s * 2 ** min(attempt, 30))
+        delay = self._rng.uniform(max(opts.reconnect_min_s, ceiling / 2), ceiling)
+        log.info("camera %s: reconnecting in %.2f s", self.name, delay)
+        self.waiting_legitimately = True
+        try:
+            self._stop.wait(delay)
+        finally:
+            self.waiting_legitimately = False
+        return attempt + 1
+
+    def _session(self, cap: VideoCaptureLike) -> tuple[str, str | None]:
+        is_file = self.options.kind == "file"
+        fps = self._file_fps(cap) if is_file and self.options.realtime else None
+        p = _Pass()
+        while not self._stop.is_set():
+            if fps and p.failed_in_row == 0 and not self._pace(p, fps):
+                break
+            emit = self._due()
+            t0 = time.monotonic()
+            ok, img = cap.read() if emit else (cap.grab(), None)
+            elapsed = time.monotonic() - t0
+            index = p.position
+            p.position += 1
+            if not ok:
+                outcome = self._failed_read(cap, p, elapsed, is_file)
+                if outcome == ("rewind", None):
+                    p = _Pass()
+                elif outcome is not None:
+                    return outcome
+                continue
+            self.corrupt_frames += p.failed_in_row
+            p.failed_in_row = 0
+            p.good += 1
+            self.frames_read += 1
+            if not is_file:
+                index = self._live_index
+                self._live_index += 1
+            if not emit:
+                self.frames_skipped += 1
+                continue
+            problem = self._accept(img, p, index)
+            if problem:
+                return LOST, problem
+        return "stop", None
+
+    def _failed_read(self, cap: VideoCaptureLike, p: _Pass, elapsed: float,
+                     is_file: bool) -> tuple[str, str | None] | None:
+        p.failed_in_row += 1
+        if is_file:
+            return self._end_of_file(cap, p) if p.failed_in_row >= FAILED_READS_LIMIT else None
+        if elapsed >= 0.9 * self.options.read_timeout_ms / 1000:
+            return LOST, f"no frame from {self.options.display_uri} for {elapsed:.1f} s"
+        if p.failed_in_row >= FAILED_READS_LIMIT:
+            return LOST, f"{p.failed_in_row} reads from {self.options.display_uri} failed in a row"
+        return None
+
+    def _end_of_file(self, cap: VideoCaptureLike, p: _Pass) -> tuple[str, str | None]:
+        if p.good == 0:
+            return LOST, f"no readable frame in {self.options.display_uri}"
+        if not self.options.loop:
+            return ENDED, f"end of file after {p.position - p.failed_in_row} frames"
+        self.loops += 1
+        if cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and cap.get(cv2.CAP_PROP_POS_FRAMES) == 0:
+            return "rewind", None
+        return "reopen", None
+
+    def _accept(self, img: np.ndarray | None, p: _Pass, index: int) -> str | None:
+        """Publish a decoded frame, or count it as corrupt; a reason when the source is hopeless."""
+        problem = _frame_problem(img, p)
+        if problem is not None or img is None:
+            self.corrupt_frames += 1
+            p.corrupt_in_row += 1
+            log.debug("camera %s: skipped frame %d: %s", self.name, index, problem)
+            if p.corrupt_in_row >= CORRUPT_IN_ROW_LIMIT:
+                return f"{p.corrupt_in_row} unusable frames in a row (last: {problem})"
+            return None
+        p.corrupt_in_row = 0
+        img.flags.writeable = False
+        frame = Frame(source=self.name, index=index, ts=time.time(), mono=time.monotonic(),
+                      data=img)
+        self.last_frame_mono = frame.mono
+        self.frames_emitted += 1
+        self._slot.put(frame)
+        if self._state != OK:
+            self._set_state(OK, None)
+        return None
+
+    def _due(self) -> bool:
+        """Whether this frame is emitted under ``target_fps`` (wall clock, no drift)."""
+        if self._period is None:
+            return True
+        now = time.monotonic()
+        if now < self._next_emit:
+            return False
+        self._next_emit = max(self._next_emit + self._period, now)
+        return True
+
+    def _pace(self, p: _Pass, fps: float) -> bool:
+        """Wait until this file frame is due at the file's rate; False if stopped meanwhile."""
+        now = time.monotonic()
+        due = p.start_mono + p.position / fps
+        if due < now - 1.0:
+            p.start_mono = now - p.position / fps
+            return True
+        if due <= now:
+            return True
+        self.waiting_legitimately = True
+        try:
+            return not self._stop.wait(due - now)
+        finally:
+            self.waiting_legitimately = False
+
+    def _file_fps(self, cap: VideoCaptureLike) -> float:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not 0.1 <= fps <= 1000:
+            log.warning("camera %s: file reports %.3g fps; pacing at 25", self.name, fps)
+            return 25.0
+        return fps
+
+    def _set_state(self, state: str, reason: str | None) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        self.reason = reason
+        level = logging.WARNING if state == LOST else logging.INFO
+        log.log(level, "camera %s: %s%s", self.name, state, f" ({reason})" if reason else "")
+        if self._on_state is None:
+            return
+        try:
+            self._on_state(self.name, state, reason)
+        except Exception:
+            log.exception("camera %s: on_state callback failed", self.name)
+
+
+def _frame_problem(img: np.ndarray | None, p: _Pass) -> str | None:
+    if img is None or img.size == 0:
+        return "empty frame"
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        return f"not a BGR uint8 image (shape {img.shape}, dtype {img.dtype})"
+    if p.shape is None or img.shape == p.shape:
+        p.shape = img.shape
+        p.odd_shape_run = 0
+        return None
+    p.odd_shape_run += 1
+    if p.odd_shape_run >= SHAPE_ADOPT_AFTER:
+        log.info("frame size changed from %s to %s", p.shape, img.shape)
+        p.shape = img.shape
+        p.odd_shape_run = 0
+        return None
+    return f"frame is {img.shape[1]}x{img.shape[0]}, the stream is {p.shape[1]}x{p.shape[0]}"

@@ -1,0 +1,344 @@
+"""Composition root: the one module that imports every stage. Starts them in order, stops
+them in reverse."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import __version__
+from agent.capture import CameraOptions, CameraSource
+from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
+from agent.contract import (
+    STATE_DEGRADED,
+    STATE_ONLINE,
+    STATE_STOPPED,
+    ModelManifest,
+    Topics,
+)
+from agent.control import build_command_handlers
+from agent.delivery import ModelReceiver
+from agent.engine import DelegateSpec, Engine
+from agent.errors import EdgeError, SampleError
+from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
+from agent.models import InstalledModel, ModelStore
+from agent.mqtt import InboundMessage, MqttOptions, MqttPort
+from agent.outbox import Outbox
+from agent.payloads import encode, labels_payload, status_body
+from agent.pipeline import FrameInbox, InferenceBackend, LoadedModel, Pipeline, build_loaded_model
+from agent.records import Frame, Result
+from agent.samples import SequenceWindower
+from agent.signing import load_trusted_keys
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Path, ModelManifest], InferenceBackend]
+
+
+class AgentApp:
+    """One agent: one model, its sources, the MQTT port, health and control."""
+
+    def __init__(self, cfg: AgentConfig, *, engine_factory: EngineFactory | None = None,
+                 notifier: SystemdNotifier | None = None,
+                 watchdog_s: float | None = None, ready_timeout_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.device.prefix, cfg.device.id, tuple(cfg.device.groups))
+        self._engine_factory = engine_factory or self._default_engine
+        self.notifier = notifier or SystemdNotifier()
+        self._watchdog_s = watchdog_s
+        self._ready_timeout_s = ready_timeout_s
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self._source_states: dict[str, str] = {}
+        self._state = STATE_ONLINE
+        self._reason: str | None = None
+        self._stats_prev = (time.monotonic(), 0, 0)
+        self.cameras: list[CameraSource] = []
+        self.windowers: dict[str, SequenceWindower] = {}
+        self.sample_errors = 0
+
+    # -- engines ---------------------------------------------------------------
+
+    def _default_engine(self, model_path: Path, manifest: ModelManifest) -> Engine:
+        d = self.cfg.model.delegate
+        engine = Engine(model_path, num_threads=self.cfg.model.num_threads,
+                        runtime=self.cfg.model.runtime,
+                        delegate=DelegateSpec(d.kind, d.library, dict(d.options), d.fallback))
+        engine.check_manifest(manifest)
+        return engine
+
+    def load(self, installed: InstalledModel) -> LoadedModel:
+        """Build, check and warm a model off the hot path."""
+        engine = self._engine_factory(installed.model_path, installed.manifest)
+        return self._wrap(installed, engine)
+
+    def _wrap(self, installed: InstalledModel, engine: InferenceBackend) -> LoadedModel:
+        p = self.cfg.publish
+        loaded = build_loaded_model(installed.manifest, installed.folder, engine,
+                                    p.top_k, p.min_score)
+        import numpy as np
+
+        engine.invoke(np.zeros(installed.manifest.input.shape,
+                               dtype=loaded.pre._out.dtype))  # warm-up
+        return loaded
+
+    # -- start -----------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
+        installed = self.store.seed(cfg.model.manifest)
+        self.model = self.load(installed)
+        self.outbox = Outbox(cfg.outbox_path(), max_messages=cfg.outbox.max_messages,
+                             max_age_s=cfg.outbox.max_age_s) if cfg.outbox.enabled \
+            else Outbox.disabled(max_messages=cfg.outbox.max_messages)
+        self.port = MqttPort(self._mqtt_options(), self.topics, outbox=self.outbox,
+                             status_payload=self._status_payload,
+                             on_connection=self._on_connection)
+        self.inbox = FrameInbox(default_depth=cfg.pipeline.queue_depth)
+        self.pipeline = Pipeline(
+            self.model, self.inbox, self._publish_result,
+            max_frame_age_ms=cfg.pipeline.max_frame_age_ms,
+            rollback_after_failures=cfg.pipeline.rollback_after_failures,
+            probation_frames=cfg.pipeline.probation_frames,
+            on_rollback=self._on_rollback, on_first_inference=self._on_first_inference)
+        self._subscribe_control()
+        self.port.start()
+        self.pipeline.start()
+        self._start_sources()
+        self.health = HealthMonitor(self.notifier, self._progress_ok, self._status_line,
+                                    self._publish_stats,
+                                    stats_interval_s=cfg.publish.stats_interval_s,
+                                    watchdog_s=self._watchdog_s)
+        self.health.start()
+        if self.model.manifest.task == "sequence":
+            self._on_first_inference()
+        else:
+            threading.Timer(self._ready_timeout_s, self._ready_anyway).start()
+        log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
+                 self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
+                 self._runtime_info())
+
+    def _mqtt_options(self) -> MqttOptions:
+        m = self.cfg.mqtt
+        return MqttOptions(
+            host=m.host, port=m.port, client_id=m.client_id or f"edge-agent-"
+            f"{self.topics.device_id}", protocol=m.protocol, keepalive=m.keepalive_s,
+            username=m.username, password=m.password(), tls=m.tls.enabled,
+            ca_file=str(m.tls.ca_file) if m.tls.ca_file else None,
+            cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
+            key_file=str(m.tls.key_file) if m.tls.key_file else None,
+            tls_insecure=m.tls.insecure, qos=m.qos, reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s, drain_rate_per_s=self.cfg.outbox.drain_rate_per_s)
+
+    def _subscribe_control(self) -> None:
+        from agent.commands import CommandRouter
+
+        handlers = build_command_handlers(self)
+        self.router = CommandRouter(self.topics, handlers, self._reply)
+        for f in self.topics.command_filters():
+            self.port.subscribe(f, self.router.handle)
+        self.receiver = ModelReceiver(
+            self.store, self.topics, trusted_keys=load_trusted_keys(
+                self.cfg.delivery.trusted_keys),
+            max_model_bytes=self.cfg.delivery.max_model_bytes,
+            staging_timeout_s=self.cfg.delivery.staging_timeout_s,
+            loader=self.load, publish_result=self._publish_model_result,
+            on_ready=self._on_model_ready)
+        self.receiver.start()
+        for f in self.receiver.filters():
+            self.port.subscribe(f, lambda m: self.receiver.handle(m.topic, m.payload))
+        if self.model.manifest.task == "sequence":
+            for src in self.cfg.sources:
+                if isinstance(src, MqttSourceConfig):
+                    for stream in src.streams:
+                        self.port.subscribe(self.topics.inputs(stream),
+                                            self._make_sample_handler(src))
+
+    def _make_sample_handler(self, src: MqttSourceConfig) -> Callable[[InboundMessage], None]:
+        def handle(msg: InboundMessage) -> None:
+            stream = Topics.last_segment(msg.topic)
+            windower = self.windowers.get(src.name)
+            if windower is None:
+                window = self.pipeline.model.manifest.window
+                assert window is not None
+                windower = self.windowers[src.name] = SequenceWindower(
+                    window, max_payload_bytes=src.max_payload_bytes,
+                    max_streams=src.max_streams)
+            try:
+                windows = windower.add(stream, msg.payload)
+            except SampleError as exc:
+                self.sample_errors += 1
+                log.warning("sample on %s rejected: %s", msg.topic, exc)
+                return
+            now, mono = time.time(), time.monotonic()
+            for w in windows:
+                self.inbox.put(Frame(stream, windower.count(stream), now, mono, w))
+        return handle
+
+    def _start_sources(self) -> None:
+        for src in self.cfg.sources:
+            if not isinstance(src, CameraSourceConfig):
+                continue
+            self.inbox.register(src.name, depth=1)
+            opts = CameraOptions(
+                name=src.name, uri=src.uri, loop=src.loop, realtime=src.realtime,
+                target_fps=src.target_fps, width=src.width, height=src.height,
+                fourcc=src.fourcc, open_timeout_ms=src.open_timeout_ms,
+                read_timeout_ms=src.read_timeout_ms, reconnect_min_s=src.reconnect_min_s,
+                reconnect_max_s=src.reconnect_max_s)
+            cam = CameraSource(opts, self.inbox, on_state=self._on_source_state)
+            self.cameras.append(cam)
+            cam.start()
+
+    # -- results ---------------------------------------------------------------
+
+    def _publish_result(self, result: Result) -> None:
+        payload = labels_payload(result, self.pipeline.run_id)
+        self.port.publish_durable(self.topics.labels, payload, qos=self.cfg.mqtt.qos)
+
+    def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        self.port.publish(topic, payload, qos=1, correlation_data=correlation)
+
+    def _publish_model_result(self, body: dict) -> None:
+        self.port.publish(self.topics.model("result"), encode(body), qos=1)
+        self._refresh_status()
+
+    def _on_model_ready(self, installed: InstalledModel, loaded: LoadedModel) -> None:
+        self.pipeline.swap(loaded)
+        self.store.activate(installed)
+        self._refresh_status()
+
+    def _on_rollback(self, bad: LoadedModel, good: LoadedModel, reason: str) -> None:
+        try:
+            self.store.rollback(reason=f"automatic: {reason}")
+        except EdgeError as exc:
+            log.error("store rollback failed: %s", exc)
+        self.port.publish(self.topics.model("result"), encode({
+            "device": self.topics.device_id, "result": "rolled_back",
+            "name": bad.manifest.name, "version": bad.manifest.version,
+            "active_version": good.manifest.version, "reason": reason}), qos=1)
+        self._refresh_status()
+
+    # -- status and health -----------------------------------------------------
+
+    def _runtime_info(self) -> dict | None:
+        info = getattr(self.pipeline.model.engine if hasattr(self, "pipeline")
+                       else self.model.engine, "info", None)
+        return info.as_dict() if info is not None else None
+
+    def _status_payload(self, state: str, reason: str | None) -> dict:
+        model = self.pipeline.model if hasattr(self, "pipeline") else self.model
+        m = model.manifest
+        return status_body(state, device=self.topics.device_id, groups=list(self.topics.groups),
+                           model={"name": m.name, "version": m.version, "sha256": m.sha256,
+                                  "task": m.task},
+                           since=self.started_at, runtime=self._runtime_info(), reason=reason,
+                           sources=dict(self._source_states))
+
+    def _on_connection(self, connected: bool, reason: str | None) -> None:
+        log.info("MQTT %s%s", "connected" if connected else "disconnected",
+                 f": {reason}" if reason else "")
+
+    def _on_source_state(self, name: str, state: str, reason: str | None) -> None:
+        self._source_states[name] = state
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        lost = [n for n, s in self._source_states.items() if s == "lost"]
+        state = STATE_DEGRADED if lost else STATE_ONLINE
+        reason = f"source lost: {', '.join(lost)}" if lost else None
+        if self._stopped.is_set():
+            return
+        self._state, self._reason = state, reason
+        self.port.set_state(state, reason)
+
+    def _on_first_inference(self) -> None:
+        if not self._ready.is_set():
+            self._ready.set()
+            self.notifier.notify("READY=1", f"STATUS={self._status_line()}")
+
+    def _ready_anyway(self) -> None:
+        if not self._ready.is_set() and not self._stopped.is_set():
+            log.warning("no frame inferred within %.0fs of start; telling systemd we are ready "
+                        "(degraded) so the unit does not restart in a loop",
+                        self._ready_timeout_s)
+            self._on_first_inference()
+
+    def _progress_ok(self) -> bool:
+        now = time.monotonic()
+        stall = self.cfg.health.stall_s
+        if now - self.pipeline.last_progress < stall:
+            return True
+        busy = self.pipeline.busy_since
+        if busy is not None and now - busy > stall:
+            return False  # stuck inside the interpreter
+        if self.inbox.pending() > 0:
+            return False  # frames waiting but nothing is inferred
+        if self.pipeline.paused:
+            return True
+        return all(cam.waiting_legitimately or now - cam.last_frame_mono < stall
+                   for cam in self.cameras)
+
+    def _status_line(self) -> str:
+        fps = self._last_fps if hasattr(self, "_last_fps") else 0.0
+        return (f"{self._state}; model {self.pipeline.model.manifest.name} "
+                f"{self.pipeline.model.manifest.version}; {fps:.1f} fps")
+
+    def stats_body(self) -> dict:
+        now = time.monotonic()
+        t0, put0, inf0 = self._stats_prev
+        put, inf = self.inbox.put_count, self.pipeline.counters.inferences
+        dt = max(now - t0, 1e-6)
+        self._stats_prev = (now, put, inf)
+        self._last_fps = (inf - inf0) / dt
+        pl = self.pipeline
+        port = self.port.stats()
+        top1 = list(pl.top1)
+        return {
+            "fps_in": round((put - put0) / dt, 2), "fps_out": round(self._last_fps, 2),
+            "frames_in": put, "inferences": inf,
+            "dropped_stale": pl.counters.dropped_stale,
+            "dropped_overwritten": self.inbox.overwritten,
+            "frame_errors": pl.counters.frame_errors,
+            "inference_errors": pl.counters.inference_errors,
+            "sample_errors": self.sample_errors,
+            "inference_ms_p50": percentile(pl.inference_ms, 50),
+            "inference_ms_p95": percentile(pl.inference_ms, 95),
+            "frame_age_ms_p50": percentile(pl.frame_age_ms, 50),
+            "outbox_depth": port.get("outbox_depth"), "outbox_dropped": port.get("outbox_dropped"),
+            "outbox_set_aside": port.get("set_aside"), "mqtt_reconnects": port.get("reconnects"),
+            "rss_mb": rss_mb(), "open_fds": open_fds(),
+            "uptime_s": round(now - self._started_mono, 1),
+            "mean_top1": round(sum(top1) / len(top1), 4) if top1 else None,
+            "paused": pl.paused, "ts": round(time.time(), 3),
+        }
+
+    def _publish_stats(self) -> None:
+        self.port.publish(self.topics.stats, encode(self.stats_body()), qos=0, retain=True)
+
+    # -- stop ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop in reverse order within about two seconds, leaving ``stopped`` retained."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.notifier.notify("STOPPING=1")
+        for cam in self.cameras:
+            cam.stop(timeout=0.5)
+        self.pipeline.stop(timeout=0.5)
+        self.health.stop(timeout=0.5)
+        self.receiver.stop(timeout=0.5)
+        self.port.stop(final_state=STATE_STOPPED, flush_timeout=1.0)
+        self.outbox.close()
+        log.info("agent stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)

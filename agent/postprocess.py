@@ -1,0 +1,81 @@
+"""Model output -> labels: dequantize with the tensor's own scale and zero point, softmax when
+the manifest says logits, top-k, minimum score. Plus the optional publish-on-change filter."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from agent.contract import OutputSpec
+from agent.records import LabelScore
+
+
+class Postprocessor:
+    def __init__(self, spec: OutputSpec, labels: list[str], top_k: int = 3,
+                 min_score: float = 0.0) -> None:
+        self.spec = spec
+        n = spec.shape[-1]
+        self.labels = labels or [str(i) for i in range(n)]
+        self.top_k = max(1, min(top_k, n))
+        self.min_score = min_score
+        q = spec.quantization
+        self._scale = q.scale if q is not None and spec.dtype != "float32" else None
+        self._zero = float(q.zero_point) if q is not None else 0.0
+        self._logits = spec.kind == "logits"
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """Return float32 class scores for one output tensor (batch 1)."""
+        x = raw.reshape(-1)
+        if self._scale is not None:
+            x = (x.astype(np.float32) - self._zero) * np.float32(self._scale)
+        elif x.dtype != np.float32:
+            x = x.astype(np.float32)
+        if self._logits:
+            x = x - x.max()
+            np.exp(x, out=x)
+            x /= x.sum()
+        return x
+
+    def __call__(self, raw: np.ndarray) -> tuple[LabelScore, ...]:
+        s = self.scores(raw)
+        k = self.top_k
+        idx = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
+        idx = idx[np.argsort(-s[idx], kind="stable")]
+        return tuple(LabelScore(self.labels[i], int(i), round(float(s[i]), 6))
+                     for i in idx if s[i] >= self.min_score)
+
+
+class ChangeFilter:
+    """Publish-on-change with hysteresis and a rate limit, per source.
+
+    A result passes when its top label differs from the last published one and its score beats
+    the last published label's current score by ``hysteresis``, or when the top label is the
+    same but ``heartbeat_s`` passed; never more often than ``min_interval_s``.
+    """
+
+    def __init__(self, hysteresis: float = 0.05, min_interval_s: float = 0.0,
+                 heartbeat_s: float = 60.0) -> None:
+        self.hysteresis = hysteresis
+        self.min_interval_s = min_interval_s
+        self.heartbeat_s = heartbeat_s
+        self._last: dict[str, tuple[str, float]] = {}
+
+    def passes(self, source: str, labels: tuple[LabelScore, ...],
+               now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        top = labels[0].label if labels else ""
+        score = labels[0].score if labels else 0.0
+        last = self._last.get(source)
+        if last is not None:
+            last_label, last_t = last
+            if now - last_t < self.min_interval_s:
+                return False
+            if top == last_label and now - last_t < self.heartbeat_s:
+                return False
+            if top != last_label:
+                old = next((ls.score for ls in labels if ls.label == last_label), 0.0)
+                if score - old < self.hysteresis:
+                    return False
+        self._last[source] = (top, now)
+        return True

@@ -6,10 +6,11 @@ A payload on ``<base>/in/<stream>`` carries ``k`` timesteps of ``features`` valu
 - a JSON list of ``k`` lists of ``features`` numbers, or
 - raw little-endian float32 bytes (``k * features * 4`` of them).
 
-A payload whose first byte is ``[`` is JSON, with one exception: when it is not valid
-JSON, its length is a multiple of 4 and it holds a byte outside ASCII, it is float32
-bytes whose first value happens to start with 0x5B (about 1 in 256 random payloads would).
-Text JSON is ASCII, so malformed JSON is still reported as malformed JSON.
+A payload whose first non-blank byte is ``[`` (or ``{``, to say that an object is not a
+sample) is JSON, with one exception: when it is not valid JSON, its length is a multiple
+of 4 and it holds a byte outside ASCII, it is float32 bytes whose first value happens to
+start with 0x5B (about 1 in 256 random payloads would). Text JSON is ASCII, so malformed
+JSON is still reported as malformed JSON.
 
 Streams beyond ``max_streams``: the stream idle the longest is evicted (its partial window
 is lost, counted in ``evicted``). Refusing instead would let stale stream names lock out a
@@ -162,7 +163,7 @@ class SequenceWindower:
             raise SampleError("empty sample")
         if size > self.max_payload_bytes:
             raise SampleError(f"sample is {size} bytes; the limit is {self.max_payload_bytes}")
-        if payload[:1] == b"[":
+        if _looks_like_json(payload):
             try:
                 obj = json.loads(payload)
             except (ValueError, RecursionError) as exc:
@@ -239,6 +240,13 @@ def _check_finite(values: np.ndarray) -> None:
         if too_big.any():
             i = int(np.argmax(too_big))
             raise SampleError(f"value at {i} ({values[i]:.3g}) is outside the float32 range")
+
+
+def _looks_like_json(payload: bytes) -> bool:
+    first = payload[:1]
+    if first.isspace():
+        first = payload.lstrip()[:1]
+    return first in (b"[", b"{")
 
 
 def _json_problem(exc: Exception) -> str:

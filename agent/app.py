@@ -29,6 +29,7 @@ from agent.mqtt import InboundMessage, MqttOptions, MqttPort
 from agent.outbox import Outbox
 from agent.payloads import encode, labels_payload, status_body
 from agent.pipeline import FrameInbox, InferenceBackend, LoadedModel, Pipeline, build_loaded_model
+from agent.postprocess import ChangeFilter
 from agent.records import Frame, Result
 from agent.samples import SequenceWindower
 from agent.signing import load_trusted_keys
@@ -61,6 +62,11 @@ class AgentApp:
         self.cameras: list[CameraSource] = []
         self.windowers: dict[str, SequenceWindower] = {}
         self.sample_errors = 0
+        self.suppressed = 0
+        p = cfg.publish
+        self._change_filter = ChangeFilter(
+            p.hysteresis, p.min_interval_ms / 1000.0, on_change=p.on_change) \
+            if p.on_change or p.min_interval_ms else None
 
     # -- engines ---------------------------------------------------------------
 
@@ -200,6 +206,10 @@ class AgentApp:
     # -- results ---------------------------------------------------------------
 
     def _publish_result(self, result: Result) -> None:
+        if self._change_filter is not None and not self._change_filter.passes(
+                result.source, result.labels):
+            self.suppressed += 1
+            return
         payload = labels_payload(result, self.pipeline.run_id)
         self.port.publish_durable(self.topics.labels, payload, qos=self.cfg.mqtt.qos)
 
@@ -308,7 +318,7 @@ class AgentApp:
             "dropped_overwritten": self.inbox.overwritten,
             "frame_errors": pl.counters.frame_errors,
             "inference_errors": pl.counters.inference_errors,
-            "sample_errors": self.sample_errors,
+            "sample_errors": self.sample_errors, "suppressed": self.suppressed,
             "inference_ms_p50": percentile(pl.inference_ms, 50),
             "inference_ms_p95": percentile(pl.inference_ms, 95),
             "frame_age_ms_p50": percentile(pl.frame_age_ms, 50),

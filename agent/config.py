@@ -24,6 +24,7 @@ from agent.contract import DEFAULT_PREFIX
 from agent.errors import ConfigError
 
 TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]{1,64}$"
+TOPIC_PATH = r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$"
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -33,7 +34,7 @@ class Section(BaseModel):
 
 class DeviceConfig(Section):
     id: str | None = Field(default=None, pattern=TOPIC_SEGMENT)
-    prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$")
+    prefix: str = Field(default=DEFAULT_PREFIX, pattern=TOPIC_PATH)
     groups: list[Annotated[str, Field(pattern=TOPIC_SEGMENT)]] = Field(default_factory=list)
 
 
@@ -203,13 +204,14 @@ class AgentConfig(Section):
         os.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0]))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @model_validator(mode="after")
-    def _unique_sources(self) -> AgentConfig:
-        names = [s.name for s in self.sources]
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[Any]) -> list[Any]:
+        names = [s.name for s in sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
-        return self
+        return sources
 
     def outbox_path(self) -> Path:
         return self.outbox.path or self.state_dir / "outbox.sqlite"
@@ -230,7 +232,7 @@ def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
     for err in exc.errors():
         loc = _strip_union_tags(err["loc"])
         key = ".".join(str(p) for p in loc) or "(root)"
-        shown = "(missing)" if err["type"] == "missing" else repr(_lookup(raw, loc))
+        shown = "(missing)" if err["type"] == "missing" else _short(repr(_lookup(raw, loc)))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -238,10 +240,16 @@ def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
     return lines
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
     node = raw
     for part in loc:
-        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
             node = node[part]
         else:
             return None

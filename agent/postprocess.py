@@ -55,7 +55,8 @@ class ChangeFilter:
     """
 
     def __init__(self, hysteresis: float = 0.05, min_interval_s: float = 0.0,
-                 heartbeat_s: float = 60.0) -> None:
+                 heartbeat_s: float = 60.0, on_change: bool = True) -> None:
+        self.on_change = on_change
         self.hysteresis = hysteresis
         self.min_interval_s = min_interval_s
         self.heartbeat_s = heartbeat_s
@@ -71,9 +72,11 @@ class ChangeFilter:
             last_label, last_t = last
             if now - last_t < self.min_interval_s:
                 return False
-            if top == last_label and now - last_t < self.heartbeat_s:
+            if not self.on_change:
+                pass
+            elif top == last_label and now - last_t < self.heartbeat_s:
                 return False
-            if top != last_label:
+            elif top != last_label:
                 old = next((ls.score for ls in labels if ls.label == last_label), 0.0)
                 if score - old < self.hysteresis:
                     return False

@@ -127,5 +127,5 @@ class MqttSession:
                 raise DeployError(f"timed out after {timeout:g} s waiting for {what}")
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop: the loop then exits at once
         self.client.loop_stop()
-        self.client.disconnect()

@@ -120,6 +120,6 @@ class AgentHarness:
             return match()  # type: ignore[return-value]
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop: the loop then exits at once
         self.client.loop_stop()
-        self.client.disconnect()
         self.receiver.stop()

@@ -18,6 +18,7 @@ from agent.contract import (
     STATE_STOPPED,
     ModelManifest,
     Topics,
+    load_manifest,
 )
 from agent.control import build_command_handlers
 from agent.delivery import ModelReceiver
@@ -32,7 +33,6 @@ from agent.pipeline import FrameInbox, InferenceBackend, LoadedModel, Pipeline, 
 from agent.postprocess import ChangeFilter
 from agent.records import Frame, Result
 from agent.samples import SequenceWindower
-from agent.signing import load_trusted_keys
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class AgentApp:
         self._stats_prev = (time.monotonic(), 0, 0)
         self.cameras: list[CameraSource] = []
         self.windowers: dict[str, SequenceWindower] = {}
+        self._window_counts: dict[str, int] = {}
         self.sample_errors = 0
         self.suppressed = 0
         p = cfg.publish
@@ -99,8 +100,7 @@ class AgentApp:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
-        installed = self.store.seed(cfg.model.manifest)
-        self.model = self.load(installed)
+        self.model = self.load(self._choose_model())
         self.outbox = Outbox(cfg.outbox_path(), max_messages=cfg.outbox.max_messages,
                              max_age_s=cfg.outbox.max_age_s) if cfg.outbox.enabled \
             else Outbox.disabled(max_messages=cfg.outbox.max_messages)
@@ -131,6 +131,19 @@ class AgentApp:
                  self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
                  self._runtime_info())
 
+    def _choose_model(self) -> InstalledModel:
+        """The store's active model (a pushed one survives restarts), unless the config names a
+        model the store has not seen: then the operator changed it, and it wins."""
+        self.store.recover()
+        configured = load_manifest(self.cfg.model.manifest)
+        known = self.store.find(configured) is not None
+        installed = self.store.seed(self.cfg.model.manifest)
+        active = self.store.active()
+        if not known and (active is None or active.key != installed.key):
+            self.store.activate(installed, reason=f"config names {self.cfg.model.manifest}")
+            active = installed
+        return active or installed
+
     def _mqtt_options(self) -> MqttOptions:
         m = self.cfg.mqtt
         return MqttOptions(
@@ -150,13 +163,14 @@ class AgentApp:
         self.router = CommandRouter(self.topics, handlers, self._reply)
         for f in self.topics.command_filters():
             self.port.subscribe(f, self.router.handle)
+        d = self.cfg.model.delegate
         self.receiver = ModelReceiver(
-            self.store, self.topics, trusted_keys=load_trusted_keys(
-                self.cfg.delivery.trusted_keys),
+            self.store, self.topics, trusted_keys=self.cfg.delivery.trusted_keys,
             max_model_bytes=self.cfg.delivery.max_model_bytes,
             staging_timeout_s=self.cfg.delivery.staging_timeout_s,
-            loader=self.load, publish_result=self._publish_model_result,
-            on_ready=self._on_model_ready)
+            delegate=DelegateSpec(d.kind, d.library, dict(d.options), d.fallback),
+            num_threads=self.cfg.model.num_threads,
+            publish_result=self._publish_model_result, on_ready=self._on_model_ready)
         self.receiver.start()
         for f in self.receiver.filters():
             self.port.subscribe(f, lambda m: self.receiver.handle(m.topic, m.payload))
@@ -185,7 +199,9 @@ class AgentApp:
                 return
             now, mono = time.time(), time.monotonic()
             for w in windows:
-                self.inbox.put(Frame(stream, windower.count(stream), now, mono, w))
+                index = self._window_counts.get(stream, 0)
+                self._window_counts[stream] = index + 1
+                self.inbox.put(Frame(stream, index, now, mono, w))
         return handle
 
     def _start_sources(self) -> None:
@@ -220,7 +236,8 @@ class AgentApp:
         self.port.publish(self.topics.model("result"), encode(body), qos=1)
         self._refresh_status()
 
-    def _on_model_ready(self, installed: InstalledModel, loaded: LoadedModel) -> None:
+    def _on_model_ready(self, installed: InstalledModel, engine: Engine) -> None:
+        loaded = self._wrap(installed, engine)
         self.pipeline.swap(loaded)
         self.store.activate(installed)
         self._refresh_status()

@@ -26,12 +26,16 @@ class Received:
 
 class Collector:
     def __init__(self, port: int, topics: list[str] | str, host: str = "127.0.0.1",
-                 protocol: int = mqtt.MQTTv311, qos: int = 1, **connect_kw: Any) -> None:
+                 protocol: int = mqtt.MQTTv311, qos: int = 1, client_id: str = "",
+                 clean_session: bool = True, **connect_kw: Any) -> None:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        session = {"clean_session": clean_session} if protocol != mqtt.MQTTv5 else {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=protocol, **session)
+        self.client.reconnect_delay_set(0.05, 0.5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a, **k: self._subscribed.set()

@@ -65,7 +65,7 @@ def test_broker_outage_loses_nothing(tmp_path: Path, kill: bool) -> None:
         before = len(sub.on_topic(LABELS))
         sub.wait_topic(LABELS, count=before + 90, timeout=30)
     finally:
-        code, _ = agent.terminate_timed()
+        agent.terminate_timed()
         sub.close()
         broker.stop()
     runs = seqs_by_run(sub)
@@ -127,8 +127,8 @@ def test_mjpeg_stream_loss_degrades_and_recovers(tmp_path: Path,
         agent.terminate_timed()
         sub.close()
         server.stop()
-    reason = [m.json()["reason"] for m in sub.on_topic("edge/dev1/status")
-              if m.json()["state"] == "degraded"][0]
+    reason = next(m.json()["reason"] for m in sub.on_topic("edge/dev1/status")
+              if m.json()["state"] == "degraded")
     assert "ipcam" in reason
 
 

@@ -1,0 +1,217 @@
+"""One conversion: a Keras model and a mode in, TFLite bytes out.
+
+Runs inside a child process (see ``converter.worker``): TensorFlow is imported here only.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.errors import ConversionError
+from converter.load import (
+    RNN_LAYERS,
+    SUPPORTED_LAYERS,
+    check_layers,
+    check_model_path,
+    describe_model,
+    load_keras_model,
+    load_saved_model,
+)
+
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "mixed")
+LSTM_PATHS = ("unrolled", "fused")
+CALIBRATION_SAMPLES = 500
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    """Everything one conversion needs; picklable so it can cross into a child process."""
+
+    model_path: str
+    mode: str
+    lstm_path: str = "unrolled"
+    batch: int | None = 1
+    allow_flex: bool = False
+    float_layers: tuple[str, ...] = field(default_factory=tuple)  # mixed: kept in float
+
+
+def set_unroll(config: Any) -> Any:
+    """Copy of a Keras config with ``unroll=True`` on every recurrent layer."""
+    config = copy.deepcopy(config)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") in RNN_LAYERS and isinstance(node.get("config"), dict):
+                node["config"]["unroll"] = True
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return config
+
+
+def rebuild_unrolled(model: Any) -> Any:
+    """The same model, recurrent layers rebuilt with ``unroll=True`` (a loop-free graph)."""
+    import keras
+
+    config = set_unroll(model.get_config())
+    try:
+        rebuilt = model.__class__.from_config(config)
+    except Exception:
+        rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def concrete_function(model: Any, batch: int | None) -> Any:
+    import tensorflow as tf
+
+    shape = [batch, *model.inputs[0].shape[1:]]
+    spec = tf.TensorSpec(shape, model.inputs[0].dtype or tf.float32, name="input")
+
+    @tf.function(input_signature=[spec])
+    def serve(x: Any) -> Any:
+        return model(x, training=False)
+
+    return serve.get_concrete_function()
+
+
+def representative(calibration: np.ndarray) -> Any:
+    def gen() -> Iterator[list[np.ndarray]]:
+        for i in range(min(len(calibration), CALIBRATION_SAMPLES)):
+            yield [calibration[i:i + 1].astype(np.float32)]
+
+    return gen
+
+
+def configure(converter: Any, mode: str, calibration: np.ndarray | None,
+              allow_flex: bool) -> None:
+    """Set the converter's optimisation options for ``mode``."""
+    import tensorflow as tf
+
+    builtins = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode in ("int8", "int16x8", "mixed"):
+        if calibration is None or len(calibration) == 0:
+            raise ConversionError(f"mode {mode} needs calibration data (--calibration)")
+        converter.representative_dataset = representative(calibration)
+    if mode == "int8":
+        builtins = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif mode == "int16x8":
+        builtins = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.inference_input_type = tf.int16
+        converter.inference_output_type = tf.int16
+    if allow_flex:
+        builtins = [*builtins, tf.lite.OpsSet.SELECT_TF_OPS]
+        if mode in ("int8", "int16x8"):
+            builtins = [tf.lite.OpsSet.TFLITE_BUILTINS, *builtins]
+    converter.target_spec.supported_ops = builtins
+
+
+def make_converter(spec: ConvertSpec) -> Any:
+    """A TFLiteConverter for the model at ``spec.model_path``, prepared for its LSTM path."""
+    import tensorflow as tf
+
+    path = Path(spec.model_path)
+    if check_model_path(path) == "saved_model":
+        _, signature = load_saved_model(path)
+        return tf.lite.TFLiteConverter.from_concrete_functions([signature])
+    model = load_keras_model(path)
+    check_layers(model, allow_unknown=spec.allow_flex)
+    info = describe_model(model)
+    if info.has_rnn and spec.lstm_path == "fused":
+        from converter.fused import fused_converter
+
+        return fused_converter(path, spec.mode)
+    if info.has_rnn:
+        model = rebuild_unrolled(model)
+    # Never pass the Keras 3 model as a second argument: that writes a weightless model.
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [concrete_function(model, spec.batch)])
+
+
+def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
+    """Convert and return the flatbuffer; every failure becomes a ConversionError."""
+    if spec.mode not in MODES:
+        raise ConversionError(f"unknown mode {spec.mode!r}; choose from {', '.join(MODES)}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    converter = make_converter(spec)
+    if spec.mode == "mixed":
+        from converter.quantize import convert_mixed
+
+        return convert_mixed(converter, calibration, spec.float_layers)
+    configure(converter, spec.mode, calibration, spec.allow_flex)
+    try:
+        return bytes(converter.convert())
+    except ConversionError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[:6]
+        raise ConversionError(f"TFLite conversion in mode {spec.mode} failed: "
+                              f"{type(exc).__name__}: {' | '.join(first)}") from exc
+
+
+def op_histogram(content: bytes) -> dict[str, int]:
+    """Op counts over every subgraph of a flatbuffer (WHILE bodies included)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append(custom.decode() if custom else names.get(builtin, str(builtin)))
+    counts: dict[str, int] = {}
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            name = codes[graph.Operators(o).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def check_forbidden(ops: dict[str, int], spec: ConvertSpec) -> None:
+    """Flex, custom and WHILE ops are errors unless --allow-flex; name the op and the layer."""
+    bad = sorted(op for op in ops if op in ("WHILE", "CUSTOM") or op.startswith("Flex"))
+    if not bad or spec.allow_flex:
+        return
+    layers = "the model's recurrent or custom layers"
+    path = Path(spec.model_path)
+    if check_model_path(path) == "keras":
+        from converter.load import iter_layers
+
+        model = load_keras_model(path)
+        suspects = [f"{x.name} ({type(x).__name__})" for x in iter_layers(model)
+                    if type(x).__name__ in RNN_LAYERS
+                    or type(x).__name__ not in SUPPORTED_LAYERS]
+        layers = ", ".join(suspects) or layers
+    raise ConversionError(f"mode {spec.mode}, lstm path {spec.lstm_path}: the TFLite graph "
+                          f"contains {', '.join(bad)} op(s), coming from {layers}; the "
+                          f"on-device runtime needs builtin, loop-free ops (use --allow-flex "
+                          f"to keep them anyway)")
+
+
+def convert_checked(spec: ConvertSpec, calibration: np.ndarray | None
+                    ) -> tuple[bytes, dict[str, int]]:
+    """Convert, list the ops, refuse Flex/custom/WHILE unless allowed."""
+    content = convert(spec, calibration)
+    ops = op_histogram(content)
+    check_forbidden(ops, spec)
+    return content, ops

@@ -1,0 +1,256 @@
+"""edge-convert from start to end: inspect, convert each mode, measure, choose, write.
+
+TensorFlow runs only in child processes (``converter.worker``); this process loads
+data, measures through ``agent.engine.Engine`` and writes the files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.contract import (
+    InputSpec,
+    ModelManifest,
+    Normalization,
+    OutputSpec,
+    Quantization,
+    RuntimeHints,
+    WindowSpec,
+)
+from agent.errors import ConversionError
+from converter import worker
+from converter.convert import ConvertSpec
+from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
+from converter.load import ModelInfo, check_model_path
+from converter.report import ModeResult, measure, ops_summary, set_drops, table
+from converter.selection import candidates, choose, needs_mixed
+
+log = logging.getLogger(__name__)
+EVAL_LIMIT = 1000
+SYNTHETIC_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    model: Path
+    out: Path
+    quantize: str = "auto"
+    calibration: Path | None = None
+    eval: Path | None = None
+    labels: Path | None = None
+    name: str | None = None
+    version: str = "1.0.0"
+    threads: int = 2
+    max_drop: float = 1.0
+    int8_budget: float = 0.5
+    allow_flex: bool = False
+    lstm_path: str = "auto"
+    stride: int | None = None
+    color: str | None = None
+    resize: str | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    latency_runs: int = 200
+
+
+@dataclass
+class Outcome:
+    chosen: ModeResult
+    reason: str
+    results: list[ModeResult]
+    manifest: ModelManifest
+    table: str
+    keras_accuracy: float | None
+    files: list[Path] = field(default_factory=list)
+
+
+def fused_available() -> bool:
+    return importlib.util.find_spec("tf_keras") is not None
+
+
+def input_prep(opts: ConvertOptions, info: ModelInfo) -> InputPrep:
+    if info.task == "frame":
+        channels = info.input_shape[-1]
+        color = opts.color or ("gray" if channels == 1 else "rgb")
+        if (color == "gray") != (channels == 1):
+            raise ConversionError(f"--color {color} does not fit a model input with {channels} "
+                                  f"channel(s)")
+        prep = InputPrep(info.input_shape, opts.mean, opts.std, color, opts.resize or "stretch")
+    else:
+        prep = InputPrep(info.input_shape, opts.mean, opts.std)
+    check_prep(prep)
+    return prep
+
+
+def eval_set(opts: ConvertOptions, prep: InputPrep, labels: list[str],
+             calibration: DataSet | None) -> DataSet:
+    """--eval data; else held-back calibration samples; else synthetic inputs (agreement only)."""
+    if opts.eval is not None:
+        data = load_data(opts.eval, prep, labels, "eval")
+        if data.y is not None and (data.y.min() < 0 or data.y.max() >= len(labels)):
+            raise ConversionError(f"eval data {opts.eval}: labels y must be 0..{len(labels) - 1}")
+        return DataSet(data.x[:EVAL_LIMIT], None if data.y is None else data.y[:EVAL_LIMIT],
+                       data.origin)
+    if calibration is not None:
+        return DataSet(calibration.x[-min(200, len(calibration.x)):], None,
+                       f"{calibration.origin} (calibration samples, agreement only)")
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 1.0, (SYNTHETIC_SAMPLES, *prep.shape)).astype(np.float32)
+    mean, std = np.asarray(prep.mean, np.float32), np.asarray(prep.std, np.float32)
+    return DataSet(x * std + mean, None, "synthetic normal inputs (agreement only)")
+
+
+def convert_one(opts: ConvertOptions, spec: ConvertSpec, rnn: bool, calib: np.ndarray | None,
+                x_eval: np.ndarray, data: DataSet, reference: np.ndarray) -> ModeResult:
+    result = ModeResult(spec.mode, spec.lstm_path if rnn else None)
+    try:
+        content, ops = worker.run_in_child(worker.convert_mode, spec, calib)
+    except ConversionError as exc:
+        result.error = str(exc)
+        return result
+    result.ops = ops
+    result.forbidden = sorted(op for op in ops if op in ("WHILE", "CUSTOM")
+                              or op.startswith("Flex"))
+    try:
+        measure(result, content, x_eval, data.y, reference, opts.threads,
+                reset_state=rnn and spec.lstm_path == "fused",
+                runs=opts.latency_runs)
+    except Exception as exc:  # the interpreter refused it: a failed candidate, not a crash
+        result.error = f"the interpreter cannot run it: {type(exc).__name__}: {exc}"
+        return result
+    result.content = content
+    return result
+
+
+def run(opts: ConvertOptions) -> Outcome:
+    """Convert, measure and write; raises ConversionError with a clear message on bad input."""
+    check_model_path(opts.model)
+    info = worker.run_in_child(worker.inspect_model, str(opts.model), opts.allow_flex)
+    labels = (load_labels(opts.labels, info.n_outputs) if opts.labels
+              else [str(i) for i in range(info.n_outputs)])
+    prep = input_prep(opts, info)
+    calibration = (load_data(opts.calibration, prep, labels, "calibration")
+                   if opts.calibration else None)
+    data = eval_set(opts, prep, labels, calibration)
+    x_eval = prep.normalize(data.x)
+    reference = worker.run_in_child(worker.keras_predict, str(opts.model), x_eval)
+    keras_acc = (round(float(np.mean(reference.argmax(1) == data.y)), 6)
+                 if data.y is not None else None)
+    calib = prep.normalize(calibration.x) if calibration is not None else None
+    specs = candidates(opts, info, calib is not None, fused_available())
+    results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference) for s in specs]
+    set_drops(results, keras_acc)
+    results += mixed_fallback(opts, info, results, calib, x_eval, data, reference, keras_acc)
+    chosen, reason = choose(results, opts)
+    text = table(results, opts.threads, chosen.key, keras_acc)
+    manifest = build_manifest(opts, info, prep, labels, chosen, data, keras_acc)
+    outcome = Outcome(chosen, reason, results, manifest, text, keras_acc)
+    outcome.files = write_outputs(opts, outcome)
+    return outcome
+
+
+def mixed_fallback(opts: ConvertOptions, info: ModelInfo, results: list[ModeResult],
+                   calib: np.ndarray | None, x_eval: np.ndarray, data: DataSet,
+                   reference: np.ndarray, keras_acc: float | None) -> list[ModeResult]:
+    """Where int8 loses more than the budget: name the layers that lose it, try ``mixed``."""
+    int8 = needs_mixed(results, opts)
+    if int8 is None or calib is None:
+        return []
+    spec = ConvertSpec(str(opts.model), "int8", int8.lstm_path or "unrolled",
+                       allow_flex=opts.allow_flex)
+    try:
+        int8.layer_errors = worker.run_in_child(worker.layer_errors, spec, calib, 5)
+    except ConversionError as exc:
+        log.warning("per-layer int8 error analysis failed: %s", exc)
+        return []
+    names = tuple(e["tensor"] for e in int8.layer_errors)
+    mixed_spec = ConvertSpec(str(opts.model), "mixed", spec.lstm_path,
+                             allow_flex=opts.allow_flex, float_layers=names)
+    mixed = convert_one(opts, mixed_spec, info.has_rnn, calib, x_eval, data, reference)
+    set_drops([mixed], keras_acc)
+    return [mixed]
+
+
+def build_manifest(opts: ConvertOptions, info: ModelInfo, prep: InputPrep, labels: list[str],
+                   chosen: ModeResult, data: DataSet, keras_acc: float | None) -> ModelManifest:
+    name = opts.name or opts.model.stem
+    quant = chosen.input.get("quantization")
+    out_quant = chosen.output.get("quantization")
+    window = None
+    if info.task == "sequence":
+        window = WindowSpec(length=info.input_shape[0], stride=opts.stride or info.input_shape[0],
+                            features=info.input_shape[1])
+    fused = chosen.lstm_path == "fused"
+    return ModelManifest(
+        name=name, version=opts.version, file=f"{name}.tflite", sha256="0" * 64,
+        size_bytes=chosen.size_bytes, task=info.task, quantize=chosen.mode,  # type: ignore[arg-type]
+        input=InputSpec(shape=chosen.input["shape"], dtype=chosen.input["dtype"],
+                        layout="NHWC" if info.task == "frame" else "NTF",
+                        color=prep.color, resize=prep.resize,  # type: ignore[arg-type]
+                        normalization=Normalization(mean=list(prep.mean), std=list(prep.std)),
+                        quantization=Quantization(**quant) if quant else None),
+        output=OutputSpec(shape=chosen.output["shape"], dtype=chosen.output["dtype"],
+                          kind="probabilities",
+                          quantization=Quantization(**out_quant) if out_quant else None),
+        labels=labels, window=window,
+        runtime=RuntimeHints(lstm_path=chosen.lstm_path if info.has_rnn else None,  # type: ignore[arg-type]
+                             reset_state_per_window=fused),
+        validation=validation_figures(chosen, data, keras_acc, opts.threads),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def validation_figures(chosen: ModeResult, data: DataSet, keras_acc: float | None,
+                       threads: int) -> dict[str, Any]:
+    return {"eval_data": Path(data.origin).name, "eval_samples": len(data.x),
+            "keras_accuracy": keras_acc, "accuracy": chosen.accuracy,
+            "drop_points": chosen.drop_points, "agreement": chosen.agreement,
+            "max_abs_error": chosen.max_abs_error, "latency_ms": chosen.latency_ms,
+            "threads": threads, "xnnpack_nodes": chosen.xnnpack_nodes,
+            "total_nodes": chosen.total_nodes, "ops": chosen.ops}
+
+
+def write_outputs(opts: ConvertOptions, outcome: Outcome) -> list[Path]:
+    """Write into a temporary folder next to the target, then move each file into place."""
+    from agent.contract import sha256_file
+
+    name = outcome.manifest.name
+    created_out = not opts.out.exists()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=opts.out))
+    try:
+        model_file = tmp / f"{name}.tflite"
+        model_file.write_bytes(outcome.chosen.content)
+        manifest = outcome.manifest.model_copy(update={"sha256": sha256_file(model_file)})
+        outcome.manifest = manifest
+        (tmp / f"{name}.json").write_text(manifest.to_json())
+        (tmp / f"{name}.report.json").write_text(json.dumps(report_json(outcome), indent=2))
+        targets = []
+        for f in (model_file, tmp / f"{name}.report.json", tmp / f"{name}.json"):
+            os.replace(f, opts.out / f.name)
+            targets.append(opts.out / f.name)
+        return targets
+    except BaseException:
+        if created_out:
+            shutil.rmtree(opts.out, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report_json(outcome: Outcome) -> dict[str, Any]:
+    return {"chosen": outcome.chosen.key, "reason": outcome.reason,
+            "keras_accuracy": outcome.keras_accuracy,
+            "results": [r.as_dict() for r in outcome.results],
+            "ops": [ops_summary(r) for r in outcome.results if not r.error],
+            "table": outcome.table}

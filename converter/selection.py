@@ -1,0 +1,94 @@
+"""Which conversions to try, and which one to keep."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.errors import ConversionError
+from converter.convert import ConvertSpec
+from converter.load import ModelInfo
+from converter.report import ModeResult
+
+if TYPE_CHECKING:
+    from converter.pipeline import ConvertOptions
+
+AUTO_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
+CALIBRATED_MODES = ("int8", "int16x8", "mixed")
+
+
+def candidates(opts: ConvertOptions, info: ModelInfo, has_calibration: bool,
+               fused_ok: bool) -> list[ConvertSpec]:
+    """The (mode, LSTM path) pairs to convert and measure."""
+    if opts.quantize == "auto":
+        modes = [m for m in AUTO_MODES if has_calibration or m not in CALIBRATED_MODES]
+    elif opts.quantize in CALIBRATED_MODES and not has_calibration:
+        raise ConversionError(f"--quantize {opts.quantize} needs --calibration data")
+    else:
+        modes = [opts.quantize]
+    paths = ["unrolled"]
+    if info.has_rnn and info.source == "keras":
+        if opts.lstm_path == "fused" and not fused_ok:
+            raise ConversionError("--lstm-path fused needs tf-keras (pip install --no-deps "
+                                  "tf-keras==2.21.0); it is not installed")
+        if opts.lstm_path == "fused":
+            paths = ["fused"]
+        elif opts.lstm_path == "auto" and fused_ok:
+            paths = ["unrolled", "fused"]
+    specs = []
+    for path in paths:
+        for mode in modes:
+            if mode == "mixed":
+                continue  # built by the mixed fallback from the int8 layer analysis
+            specs.append(ConvertSpec(str(opts.model), mode, path, allow_flex=opts.allow_flex))
+    if opts.quantize == "mixed":
+        specs = [ConvertSpec(str(opts.model), "int8", paths[0], allow_flex=opts.allow_flex)]
+    return specs
+
+
+def needs_mixed(results: list[ModeResult], opts: ConvertOptions) -> ModeResult | None:
+    """The int8 result that lost more than the int8 budget, when a mixed fallback is wanted."""
+    if opts.quantize not in ("auto", "mixed", "int8"):
+        return None
+    ok = [r for r in results if r.mode == "int8" and not r.error and r.drop_points is not None]
+    if not ok:
+        return None
+    worst = max(ok, key=lambda r: r.drop_points or 0.0)
+    budget = -1.0 if opts.quantize == "mixed" else opts.int8_budget
+    return worst if (worst.drop_points or 0.0) > budget else None
+
+
+def _speed(r: ModeResult, threads: int) -> float:
+    lat = r.latency_ms.get(str(threads)) or r.latency_ms.get("1") or {}
+    return float(lat.get("p50", float("inf")))
+
+
+def choose(results: list[ModeResult], opts: ConvertOptions) -> tuple[ModeResult, str]:
+    """auto: the fastest result within --max-drop; otherwise the one requested mode."""
+    usable = [r for r in results if not r.error and (opts.allow_flex or not r.forbidden)]
+    if opts.quantize not in ("auto",):
+        wanted = [r for r in usable if r.mode == opts.quantize]
+        if not wanted:
+            errors = "; ".join(f"{r.key}: {r.error}" for r in results if r.error)
+            raise ConversionError(f"--quantize {opts.quantize} failed: {errors or 'no result'}")
+        best = min(wanted, key=lambda r: _speed(r, opts.threads))
+        return best, f"{best.key} was requested"
+    if not usable:
+        errors = "; ".join(f"{r.key}: {r.error}" for r in results if r.error)
+        raise ConversionError(f"every conversion failed: {errors}")
+    within = [r for r in usable if (r.drop_points or 0.0) <= opts.max_drop]
+    if not within:
+        best = min(usable, key=lambda r: r.drop_points or 0.0)
+        return best, (f"no mode stays within --max-drop {opts.max_drop} points; kept "
+                      f"{best.key}, the most accurate (drop {best.drop_points} points)")
+    best = min(within, key=lambda r: _speed(r, opts.threads))
+    over = [f"{r.key} (drop {r.drop_points})" for r in usable if r not in within]
+    slower = sorted((r for r in within if r is not best), key=lambda r: _speed(r, opts.threads))
+    reason = (f"{best.key} is the fastest within --max-drop {opts.max_drop} points: p50 "
+              f"{_speed(best, opts.threads):.3f} ms at {opts.threads} thread(s), drop "
+              f"{best.drop_points} points")
+    if slower:
+        reason += "; next " + ", ".join(f"{r.key} {_speed(r, opts.threads):.3f} ms"
+                                        for r in slower[:3])
+    if over:
+        reason += "; over the drop budget: " + ", ".join(over)
+    return best, reason

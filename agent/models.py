@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -91,7 +92,11 @@ def read_model_folder(folder: Path, verify: bool = True) -> InstalledModel:
 
 
 class ModelStore:
-    """Installed model versions under ``root``. Not thread-safe: one owner thread at a time."""
+    """Installed model versions under ``root``.
+
+    Changes of the pointer (activate, rollback, seed, prune, recover) hold one lock, so the
+    receiver's worker, the pipeline's rollback and commands can share a store.
+    """
 
     def __init__(self, root: str | Path, keep: int = 3) -> None:
         self.root = Path(root)
@@ -99,6 +104,7 @@ class ModelStore:
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / "staging"
         self.pointer_path = self.root / POINTER_NAME
+        self._lock = threading.RLock()
 
     # -- pointer ----------------------------------------------------------------
 
@@ -177,7 +183,10 @@ class ModelStore:
 
     def install(self, staged_folder: str | Path) -> InstalledModel:
         """Verify a staged folder and rename it into ``versions/`` (using the folder up)."""
-        staged = Path(staged_folder)
+        with self._lock:
+            return self._install(Path(staged_folder))
+
+    def _install(self, staged: Path) -> InstalledModel:
         model = read_model_folder(staged, verify=True)
         target = self.versions_dir / folder_name(model.manifest)
         self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -196,13 +205,24 @@ class ModelStore:
         return InstalledModel(target, model.manifest, model.manifest.model_path(target))
 
     def activate(self, installed: InstalledModel, reason: str = "activated") -> None:
+        """Make ``installed`` the active version (a no-op if it already is)."""
+        with self._lock:
+            self._activate(installed, reason)
+
+    def _activate(self, installed: InstalledModel, reason: str) -> None:
         pointer = self._read_pointer()
+        if pointer.get("active") == installed.key:
+            return
         history = [k for k in pointer["history"] if k != installed.key] + [installed.key]
         self._write_pointer(installed.key, history,
                             {"event": "activate", "to": installed.key, "reason": reason})
 
     def rollback(self, reason: str = "rollback requested") -> InstalledModel:
         """Activate the previous whole version and record why; DeployError if there is none."""
+        with self._lock:
+            return self._rollback(reason)
+
+    def _rollback(self, reason: str) -> InstalledModel:
         pointer = self._read_pointer()
         current = pointer.get("active")
         target = self.previous()
@@ -220,7 +240,10 @@ class ModelStore:
 
         A signature file ``<manifest>.sig`` next to the manifest is copied too.
         """
-        src = Path(manifest_path)
+        with self._lock:
+            return self._seed(Path(manifest_path))
+
+    def _seed(self, src: Path) -> InstalledModel:
         manifest = load_manifest(src)
         installed = self.find(manifest)
         if installed is None:
@@ -240,6 +263,10 @@ class ModelStore:
 
     def prune(self) -> list[str]:
         """Remove all but the ``keep`` newest versions in the history, plus the active one."""
+        with self._lock:
+            return self._prune()
+
+    def _prune(self) -> list[str]:
         pointer = self._read_pointer()
         keep = set(pointer["history"][-self.keep:])
         if pointer.get("active"):
@@ -275,6 +302,10 @@ class ModelStore:
 
     def recover(self) -> InstalledModel | None:
         """Clean what a crash can leave and return a whole active model (or None)."""
+        with self._lock:
+            return self._recover()
+
+    def _recover(self) -> InstalledModel | None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
         pointer = self._read_pointer()

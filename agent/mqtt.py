@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _TICK_S = 0.05
 _EXPIRE_EVERY_S = 60.0
 _UNSET = object()
+_MAX_STRIKES = 3
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class _Session:
     client: mqtt.Client
     connected: bool = False
     window: int = 1
+    window_cap: int = 1
     max_packet: int | None = None
     inflight: dict[int, int] = field(default_factory=dict)  # mid -> outbox id
     direct: set[int] = field(default_factory=set)  # mids of direct publishes
@@ -145,6 +147,8 @@ class MqttPort:
         self._inbox: queue.Queue[InboundMessage | None] = queue.Queue()
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
+        self._strikes: dict[int, int] = {}
+        self._slow_start = False
         self._threads: list[threading.Thread] = []
         self._state, self._reason = STATE_ONLINE, None
         self._will = b""
@@ -301,6 +305,7 @@ class MqttPort:
                 was_connected, session.connected = session.connected, False
             self._connected.clear()
             if was_connected:
+                self._count_strike(session)
                 failures = 0
                 self._notify(False, self._last_error)
             if self._stopping.is_set():
@@ -338,7 +343,8 @@ class MqttPort:
         receive_max = int(getattr(properties, "ReceiveMaximum", 65535) or 65535)
         with self._lock:
             session.connected = True
-            session.window = max(1, min(self.options.max_inflight, receive_max * 3 // 4))
+            session.window_cap = max(1, min(self.options.max_inflight, receive_max * 3 // 4))
+            session.window = 1 if self._slow_start else session.window_cap
             session.max_packet = getattr(properties, "MaximumPacketSize", None)
             session.backlog_end = self.outbox.last_id()
             handlers = [(f, q) for f, q, _ in self._handlers]
@@ -399,7 +405,7 @@ class MqttPort:
             if item_id is None:
                 session.early[mid] = reason_code
                 return
-            self._settle(item_id, reason_code)
+            self._settle(session, item_id, reason_code)
         self._wake.set()
 
     def _claim(self, session: _Session, mid: int, item_id: int | None) -> None:
@@ -407,19 +413,39 @@ class MqttPort:
         reason_code = session.early.pop(mid, _UNSET)
         if reason_code is not _UNSET:
             if item_id is not None:
-                self._settle(item_id, reason_code)  # type: ignore[arg-type]
+                self._settle(session, item_id, reason_code)  # type: ignore[arg-type]
         elif item_id is None:
             session.direct.add(mid)
         else:
             session.inflight[mid] = item_id
 
-    def _settle(self, item_id: int, reason_code: ReasonCode | None) -> None:
+    def _settle(self, session: _Session, item_id: int, reason_code: ReasonCode | None) -> None:
         if reason_code is not None and reason_code.is_failure:
             self._refused.append((item_id, f"broker refused: {reason_code} "
                                            f"({reason_code.value})"))
         else:
             self._acked.append(item_id)
             self._published += 1
+        if self._strikes:
+            self._strikes.pop(item_id, None)
+        if session.window < session.window_cap:
+            session.window += 1
+
+    def _count_strike(self, session: _Session) -> None:
+        """A connection ended with messages in flight: the oldest may be what the broker
+        chokes on (a poison message). Send one at a time until acks flow again; set a
+        message aside when the link died ``_MAX_STRIKES`` times with it the oldest in flight.
+        """
+        with self._lock:
+            self._slow_start = bool(session.inflight)
+            if not session.inflight or self._stopping.is_set():
+                return
+            oldest = min(session.inflight.values())
+            self._strikes = {oldest: self._strikes.get(oldest, 0) + 1}
+            if self._strikes[oldest] >= _MAX_STRIKES:
+                self._refused.append((oldest, f"the broker closed the connection each time "
+                                              f"this message was sent ({_MAX_STRIKES} times)"))
+                self._strikes = {}
 
     def _settle_outcomes(self) -> None:
         with self._lock:

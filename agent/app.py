@@ -54,6 +54,7 @@ class AgentApp:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._ready = threading.Event()
+        self._ready_timer: threading.Timer | None = None
         self._stopped = threading.Event()
         self._source_states: dict[str, str] = {}
         self._state = STATE_ONLINE
@@ -126,7 +127,9 @@ class AgentApp:
         if self.model.manifest.task == "sequence":
             self._on_first_inference()
         else:
-            threading.Timer(self._ready_timeout_s, self._ready_anyway).start()
+            self._ready_timer = threading.Timer(self._ready_timeout_s, self._ready_anyway)
+            self._ready_timer.daemon = True
+            self._ready_timer.start()
         log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
                  self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
                  self._runtime_info())
@@ -358,6 +361,8 @@ class AgentApp:
             return
         self._stopped.set()
         self.notifier.notify("STOPPING=1")
+        if self._ready_timer is not None:
+            self._ready_timer.cancel()
         for cam in self.cameras:
             cam.stop(timeout=0.5)
         self.pipeline.stop(timeout=0.5)

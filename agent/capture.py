@@ -111,6 +111,12 @@ class CameraSource:
     backoff and jitter), ``ended`` when a file without ``loop`` is finished. ``on_state``
     (called on the capture thread, exceptions logged) sees every change.
 
+    For a health watchdog: ``last_frame_mono`` is when the last frame was accepted;
+    ``last_progress_mono`` is when the thread last came back from OpenCV or from a wait, so
+    it goes stale only if the thread hangs inside OpenCV beyond the open and read timeouts;
+    ``waiting_legitimately`` is True while it backs off, paces a file, or has ended.
+    ``reconnects`` counts open attempts after the first (each failed retry counts).
+
     ``Frame.index`` is the frame's number within the file for files (0-based, restarting on
     every loop) and a running count of frames read for live sources (skipped ones included,
     so gaps show drops).
@@ -136,6 +142,7 @@ class CameraSource:
         self.reconnects = 0
         self.loops = 0
         self.last_frame_mono: float | None = None
+        self.last_progress_mono = time.monotonic()
         self.waiting_legitimately = False
         self._live_index = 0
         self._period = 1.0 / opts.target_fps if opts.target_fps else None
@@ -182,8 +189,12 @@ class CameraSource:
             opened_before = True
             try:
                 cap = open_capture(self.options, self._factory)
-            except SourceError as exc:
-                self._set_state(LOST, str(exc))
+            except Exception as exc:
+                if not isinstance(exc, SourceError):
+                    log.exception("camera %s: open failed", self.name)
+                self._set_state(LOST, str(exc) if isinstance(exc, SourceError)
+                                else f"cannot open: {type(exc).__name__}: {exc}")
+                self.last_progress_mono = time.monotonic()
                 attempt = self._backoff(attempt)
                 continue
             good_before = self.frames_read
@@ -225,6 +236,7 @@ class CameraSource:
             self._stop.wait(delay)
         finally:
             self.waiting_legitimately = False
+            self.last_progress_mono = time.monotonic()
         return attempt + 1
 
     def _session(self, cap: VideoCaptureLike) -> tuple[str, str | None]:
@@ -237,7 +249,8 @@ class CameraSource:
             emit = self._due()
             t0 = time.monotonic()
             ok, img = cap.read() if emit else (cap.grab(), None)
-            elapsed = time.monotonic() - t0
+            self.last_progress_mono = time.monotonic()
+            elapsed = self.last_progress_mono - t0
             index = p.position
             p.position += 1
             if not ok:
@@ -328,6 +341,7 @@ class CameraSource:
             return not self._stop.wait(due - now)
         finally:
             self.waiting_legitimately = False
+            self.last_progress_mono = time.monotonic()
 
     def _file_fps(self, cap: VideoCaptureLike) -> float:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)

@@ -196,6 +196,30 @@ def test_missing_file_is_lost_and_retried_without_crashing(tmp_path: Path,
     assert src.running and src.stop(timeout=2)
 
 
+def test_a_file_that_is_not_a_video_is_reported(tmp_path: Path,
+                                                 sources: list[CameraSource]) -> None:
+    path = tmp_path / "notes.avi"
+    path.write_bytes(b"this is not a video\n" * 50)
+    src, _, states = run(sources, CameraOptions("f", str(path), **FAST))  # type: ignore[arg-type]
+    assert wait_for(lambda: src.reconnects >= 1)
+    assert states.events[0][1] == "lost" and "cannot open file" in (states.events[0][2] or "")
+
+
+def test_a_factory_that_raises_does_not_kill_the_thread(sources: list[CameraSource]) -> None:
+    calls = []
+
+    def factory(target: str | int, api: int, params: Sequence[int]) -> FakeDevice:
+        calls.append(target)
+        if len(calls) == 1:
+            raise OSError("device busy")
+        return FakeDevice(opened=True, frames=[numbered_frame(0)])
+
+    src, _, states = run(sources, CameraOptions("usb", 0, **FAST),  # type: ignore[arg-type]
+                         capture_factory=factory)
+    assert wait_for(lambda: src.frames_emitted == 1)
+    assert states.events[0][1:] == ("lost", "cannot open: OSError: device busy")
+
+
 def test_file_that_appears_later_is_picked_up(tmp_path: Path, sources: list[CameraSource]) -> None:
     path = tmp_path / "later.avi"
     src, slot, states = run(sources, CameraOptions("f", str(path), **FAST))  # type: ignore[arg-type]

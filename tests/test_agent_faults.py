@@ -72,7 +72,7 @@ def test_broker_outage_loses_nothing(tmp_path: Path, kill: bool) -> None:
     assert len(runs) == 1
     seqs = next(iter(runs.values()))
     assert_complete_in_order(seqs)
-    assert seqs[-1] >= 130
+    assert seqs[-1] >= 100  # 20 before, ~60 during the outage, 90 after
 
 
 def test_results_pending_at_sigkill_are_delivered_after_restart(tmp_path: Path) -> None:

@@ -119,6 +119,11 @@ def test_slot_get_wakes_on_put_and_on_close() -> None:
     slot.close()
     waiter.join(timeout=2)
     assert not waiter.is_alive() and results[1] is None and slot.closed
+    slot.put(frame(8))
+    unread = slot.get(timeout=5)
+    assert unread is not None and unread.index == 8, "an unread frame is still handed out"
+    t0 = time.monotonic()
+    assert slot.get(timeout=5) is None and time.monotonic() - t0 < 1
 
 
 # -- files ----------------------------------------------------------------------------

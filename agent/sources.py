@@ -44,7 +44,7 @@ def default_capture_factory(target: str | int, api: int, params: Sequence[int]) 
     return cv2.VideoCapture(target, api)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class CameraOptions:
     """One camera source. Field names match ``agent.config.CameraSourceConfig``.
 
@@ -95,6 +95,10 @@ class CameraOptions:
         if self.fourcc is not None and len(self.fourcc) != 4:
             problems.append(f"fourcc must be 4 characters, got {self.fourcc!r}")
         return problems
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "uri")
+        return f"CameraOptions(uri={self.display_uri!r}, {fields})"
 
     @property
     def kind(self) -> SourceKind:

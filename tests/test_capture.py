@@ -436,7 +436,8 @@ def _re(text: str) -> str:
 
 def test_passwords_are_masked() -> None:
     assert redact_uri("rtsp://admin:s3cret@cam:554/live") == "rtsp://admin:***@cam:554/live"
-    assert CameraOptions("c", "rtsp://u:p@h/x").display_uri == "rtsp://u:***@h/x"
+    opts = CameraOptions("c", "rtsp://u:p@h/x")
+    assert opts.display_uri == "rtsp://u:***@h/x" and ":p@" not in repr(opts)
     assert redact_uri("http://cam/x.mjpg") == "http://cam/x.mjpg"
 
 

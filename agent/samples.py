@@ -261,4 +261,5 @@ def _json_problem(exc: Exception) -> str:
 
 def _kind(obj: object) -> str:
     return {dict: "an object", str: "a string", list: "a list", bool: "a boolean",
-            type(None): "null"}.get(type(obj), f"a {type(obj).__name__}")
+            type(None): "null", int: "a number", float: "a number"}.get(
+        type(obj), f"a {type(obj).__name__}")

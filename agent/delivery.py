@@ -183,9 +183,10 @@ class ModelReceiver:
             return
         self._queue.put(None)
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # else the worker still owns the push state
+            for push in list(self._pushes.values()):
+                self._drop(push)
         self._thread = None
-        for push in list(self._pushes.values()):
-            self._drop(push)
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Called on the MQTT network thread: classify and enqueue, nothing else."""
@@ -193,8 +194,8 @@ class ModelReceiver:
         part = Topics.last_segment(topic)
         if via is None or part not in PARTS:
             return
-        self._idle.clear()
         self._queue.put((via, part, bytes(payload)))
+        self._idle.clear()  # after put: a race can only leave it clear until the next tick
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every enqueued message has been processed (for tests and shutdown)."""
@@ -239,15 +240,19 @@ class ModelReceiver:
             self._on_commit(via, payload)
 
     def _report_error(self, item: tuple[str, str, bytes], exc: Exception) -> None:
-        pid = None
+        via, part, payload = item
         try:
-            pid = decode_chunk(item[2])[0] if item[1] == "chunk" else _push_id(
-                _json_object(item[2], item[1]))
-        except Exception:
-            pid = None
-        push = self._pushes.get(pid) if pid else None
+            pid = decode_chunk(payload)[0] if part == "chunk" else _push_id(
+                _json_object(payload, part))
+        except Refused:
+            return
+        reason = f"agent error: {type(exc).__name__}: {exc}"
+        push = self._pushes.get(pid)
         if push is not None:
-            self._finish(push, RESULT_ERROR, f"agent error: {type(exc).__name__}: {exc}")
+            self._finish(push, RESULT_ERROR, reason)
+        elif pid not in self._finished:
+            self._finished[pid] = RESULT_ERROR
+            self._result(pid, None, via, RESULT_ERROR, reason)
 
     # -- manifest -----------------------------------------------------------------
 
@@ -328,9 +333,11 @@ class ModelReceiver:
             log.warning("model receiver: dropped a chunk: %s", exc)
             return
         push = self._pushes.get(push_id)
-        if push is None or push.noop:
+        if push is None:
             return
         push.last_activity = self._clock()
+        if push.noop:
+            return
         try:
             self._write_chunk(push, index, data)
         except Refused as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,17 @@ def test_new_version_replaces_and_keeps_previous_for_rollback(session, agent, ke
     assert agent.store.previous().manifest.version == "1"
     assert hashlib.sha256(agent.store.active().model_path.read_bytes()).hexdigest() == \
         agent.store.active().manifest.sha256
+
+
+def test_disk_trouble_is_an_error_result_and_the_receiver_keeps_working(session, agent, key,
+                                                                        model,
+                                                                        tmp_path) -> None:
+    staging = agent.store.staging_dir
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.write_text("a file where the staging folder should be")
+    send_push(session, "edge/dev1/model", "p1", bundle_of(tmp_path, model), key[0])
+    result = agent.wait_result("p1")
+    assert result["result"] == "error" and "agent error" in result["reason"]
+    staging.unlink()
+    send_push(session, "edge/dev1/model", "p2", bundle_of(tmp_path, model), key[0])
+    assert agent.wait_result("p2")["result"] == "ok"

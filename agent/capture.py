@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -26,6 +27,9 @@ import numpy as np
 from agent.errors import SourceError
 from agent.records import Frame
 from agent.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
+
+__all__ = ["ENDED", "LOST", "OK", "STARTING", "CameraOptions", "CameraSource", "FrameSink",
+           "LatestFrameSlot"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,12 @@ CORRUPT_IN_ROW_LIMIT = 50
 """Decoded but unusable frames in a row before the source is reopened."""
 SHAPE_ADOPT_AFTER = 3
 """Frames of a new size in a row before the new size is taken as the stream's size."""
+
+
+class FrameSink(Protocol):
+    """Where a source puts frames: a ``LatestFrameSlot`` or anything with a non-blocking put."""
+
+    def put(self, frame: Frame) -> None: ...
 
 
 class LatestFrameSlot:
@@ -109,9 +119,11 @@ class CameraSource:
     States: ``starting`` until the first frame, ``ok`` while frames arrive, ``lost`` while
     the source cannot be opened or read (it is released and reopened with exponential
     backoff and jitter), ``ended`` when a file without ``loop`` is finished. ``on_state``
-    (called on the capture thread, exceptions logged) sees every change.
+    (called on the capture thread, exceptions logged) sees every change. ``slot.put`` must
+    never block: capture never waits for inference.
 
-    For a health watchdog: ``last_frame_mono`` is when the last frame was accepted;
+    For a health watchdog: ``last_frame_mono`` is when the last frame was accepted (the
+    construction time until the first one);
     ``last_progress_mono`` is when the thread last came back from OpenCV or from a wait, so
     it goes stale only if the thread hangs inside OpenCV beyond the open and read timeouts;
     ``waiting_legitimately`` is True while it backs off, paces a file, or has ended.
@@ -122,7 +134,7 @@ class CameraSource:
     so gaps show drops).
     """
 
-    def __init__(self, opts: CameraOptions, slot: LatestFrameSlot, *,
+    def __init__(self, opts: CameraOptions, slot: FrameSink, *,
                  on_state: StateCallback | None = None,
                  capture_factory: CaptureFactory | None = None,
                  rng: random.Random | None = None) -> None:
@@ -141,7 +153,7 @@ class CameraSource:
         self.corrupt_frames = 0
         self.reconnects = 0
         self.loops = 0
-        self.last_frame_mono: float | None = None
+        self.last_frame_mono = time.monotonic()
         self.last_progress_mono = time.monotonic()
         self.waiting_legitimately = False
         self._live_index = 0

@@ -100,6 +100,8 @@ class _Session:
 
     client: mqtt.Client
     connected: bool = False
+    was_up: bool = False  # CONNACK accepted at some point
+    cut_reason: str | None = None
     window: int = 1
     window_cap: int = 1
     max_packet: int | None = None
@@ -302,9 +304,9 @@ class MqttPort:
                 self._session = session
             self._connect_and_loop(session)
             with self._lock:
-                was_connected, session.connected = session.connected, False
+                session.connected = False
             self._connected.clear()
-            if was_connected:
+            if session.was_up:
                 self._count_strike(session)
                 failures = 0
                 self._notify(False, self._last_error)
@@ -342,7 +344,7 @@ class MqttPort:
             return
         receive_max = int(getattr(properties, "ReceiveMaximum", 65535) or 65535)
         with self._lock:
-            session.connected = True
+            session.connected = session.was_up = True
             session.window_cap = max(1, min(self.options.max_inflight, receive_max * 3 // 4))
             session.window = 1 if self._slow_start else session.window_cap
             session.max_packet = getattr(properties, "MaximumPacketSize", None)
@@ -368,7 +370,7 @@ class MqttPort:
         self._connected.clear()
         session.ended.set()
         if was_connected and not self._stopping.is_set():
-            self._error(f"disconnected from MQTT broker: {reason_code}")
+            self._error(f"disconnected from MQTT broker: {session.cut_reason or reason_code}")
 
     def _on_log(self, client: mqtt.Client, _userdata: Any, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_DEBUG and buf.startswith("Received "):
@@ -492,6 +494,7 @@ class MqttPort:
 
     def _cut(self, session: _Session, why: str) -> None:
         self._error(why)
+        session.cut_reason = why
         sock = session.client.socket()
         if sock is not None:
             with contextlib.suppress(OSError):

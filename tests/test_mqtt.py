@@ -50,11 +50,12 @@ def make_port(tmp_path: Path) -> Iterator[PortFactory]:
     ports: list[MqttPort] = []
 
     def make(broker_port: int, *, outbox: Outbox | None = None, start: bool = True,
+             on_connection: Callable[[bool, str | None], None] | None = None,
              **options: Any) -> MqttPort:
         opts = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5, **options}
         box = outbox or Outbox(tmp_path / f"outbox-{len(ports)}.db")
         port = MqttPort(MqttOptions(port=broker_port, **opts), TOPICS, outbox=box,
-                        status_payload=status_payload)
+                        status_payload=status_payload, on_connection=on_connection)
         ports.append(port)
         if start:
             port.start()

@@ -108,6 +108,7 @@ class LabelPrinter:
         self.latencies: list[float] = []
         self.status: dict[str, Any] = {}
         self.first_label = threading.Event()
+        self.stopped = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -121,6 +122,8 @@ class LabelPrinter:
         body = json.loads(msg.payload)
         if msg.topic.endswith("/status"):
             self.status = body
+            if body.get("state") == "stopped":
+                self.stopped.set()
             return
         self.first_label.set()
         top = body["labels"][0] if body["labels"] else {"label": "-", "score": 0.0}
@@ -179,7 +182,7 @@ def run_demo(broker: str | None, seconds: float, config_path: Path | None = None
               f"{DEMO_FPS:.0f} fps, labels on {base}/labels; Ctrl-C stops")
         stop.wait(seconds)
         app.stop()
-        time.sleep(0.3)  # let the retained 'stopped' status reach the printer
+        printer.stopped.wait(3)  # the retained 'stopped' status reaches the printer
         printer.close()
         _summary(printer, time.monotonic() - started)
     if embedded:

@@ -313,7 +313,7 @@ class AgentApp:
             return False  # frames waiting but nothing is inferred
         if self.pipeline.paused:
             return True
-        return all(cam.waiting_legitimately or now - cam.last_frame_mono < stall
+        return all(cam.waiting_legitimately or now - cam.last_progress_mono < stall
                    for cam in self.cameras)
 
     def _status_line(self) -> str:

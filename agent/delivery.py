@@ -265,7 +265,12 @@ class ModelReceiver:
             return
         if push_id in self._finished:
             return
-        if push_id in self._pushes:
+        current = self._pushes.get(push_id)
+        if current is not None:
+            if (current.manifest_raw, current.chunk_size) == (data.get("manifest"),
+                                                              data.get("chunk_size")):
+                current.last_activity = self._clock()  # a QoS 1 duplicate: keep the chunks
+                return
             self._drop(self._pushes.pop(push_id))
         try:
             push = self._open_push(push_id, via, data)

@@ -227,3 +227,16 @@ def test_disk_trouble_is_an_error_result_and_the_receiver_keeps_working(session,
     staging.unlink()
     send_push(session, "edge/dev1/model", "p2", bundle_of(tmp_path, model), key[0])
     assert agent.wait_result("p2")["result"] == "ok"
+
+
+def test_duplicate_manifest_mid_push_keeps_the_chunks_received(session, agent, key,
+                                                               model) -> None:
+    raw = manifest_dict(model)
+    message = manifest_message("p1", raw, sign_manifest(raw, key[0]), 1000)
+    session.publish("edge/dev1/model/manifest", message)
+    mids = {session.publish("edge/dev1/model/chunk", encode_chunk("p1", i, model[o:o + 1000]))
+            for i, o in enumerate(range(0, len(model), 1000))}
+    mids.add(session.publish("edge/dev1/model/manifest", message))  # as a QoS 1 resend would
+    mids.add(session.publish("edge/dev1/model/commit", commit_message("p1")))
+    session.wait_acked(mids, 10)
+    assert agent.wait_result("p1")["result"] == "ok"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,7 @@ def make_converter(spec: ConvertSpec) -> Any:
 
     path = Path(spec.model_path)
     if check_model_path(path) == "saved_model":
-        _, signature = load_saved_model(path)
-        return tf.lite.TFLiteConverter.from_concrete_functions([signature])
+        return saved_model_converter(path, spec)
     model = load_keras_model(path)
     check_layers(model, allow_unknown=spec.allow_flex)
     info = describe_model(model)
@@ -143,6 +143,35 @@ def make_converter(spec: ConvertSpec) -> Any:
     # Never pass the Keras 3 model as a second argument: that writes a weightless model.
     return tf.lite.TFLiteConverter.from_concrete_functions(
         [concrete_function(model, spec.batch)])
+
+
+def saved_model_converter(path: Path, spec: ConvertSpec) -> Any:
+    """A SavedModel's serving function, traced again at the spec's batch size."""
+    import tensorflow as tf
+
+    loaded, signature = load_saved_model(path)
+    name, in_spec = next(iter(signature.structured_input_signature[1].items()))
+    fixed = tf.TensorSpec([spec.batch, *in_spec.shape[1:]], in_spec.dtype, name=name)
+    function = tf.function(lambda x: signature(**{name: x}),
+                           input_signature=[fixed]).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
+    if spec.allow_flex:
+        converter._experimental_lower_tensor_list_ops = False
+    converter.edge_keepalive = loaded  # the variables die with the loaded object
+    return converter
+
+
+def loop_error(spec: ConvertSpec, message: str) -> ConversionError | None:
+    """A clear error when the graph keeps a recurrent loop (WHILE / tensor-list ops)."""
+    if "TensorList" not in message and "While" not in message:
+        return None
+    layers = sorted(set(re.findall(r"([A-Za-z0-9_.-]+)/(?:while|TensorArray)", message)))
+    named = ", ".join(layers) or "a recurrent layer"
+    return ConversionError(
+        f"mode {spec.mode}: {named} is a recurrent loop (WHILE / TensorList ops) that does not "
+        f"become builtin loop-free ops from this input; convert the .keras or .h5 file (the "
+        f"converter rebuilds the layer unrolled), or a SavedModel written by tf-keras, or "
+        f"pass --allow-flex to keep Flex ops")
 
 
 def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
@@ -161,6 +190,9 @@ def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
     except ConversionError:
         raise
     except Exception as exc:
+        loop = loop_error(spec, str(exc))
+        if loop is not None:
+            raise loop from exc
         first = str(exc).strip().splitlines()[:6]
         raise ConversionError(f"TFLite conversion in mode {spec.mode} failed: "
                               f"{type(exc).__name__}: {' | '.join(first)}") from exc

@@ -133,23 +133,32 @@ def convert_one(opts: ConvertOptions, spec: ConvertSpec, rnn: bool, calib: np.nd
     return result
 
 
+def prepare(opts: ConvertOptions) -> tuple[ModelInfo, list[str], InputPrep, DataSet | None,
+                                            DataSet, np.ndarray]:
+    """Inspect the model, load and check the data, compute the Keras reference outputs."""
+    check_model_path(opts.model)
+    with worker.TensorFlowChild() as child:
+        info = child.call(worker.inspect_model, str(opts.model), opts.allow_flex)
+        labels = (load_labels(opts.labels, info.n_outputs) if opts.labels
+                  else [str(i) for i in range(info.n_outputs)])
+        prep = input_prep(opts, info)
+        calibration = (load_data(opts.calibration, prep, labels, "calibration")
+                       if opts.calibration else None)
+        data = eval_set(opts, prep, labels, calibration)
+        reference = child.call(worker.keras_predict, str(opts.model), prep.normalize(data.x))
+    return info, labels, prep, calibration, data, reference
+
+
 def run(opts: ConvertOptions) -> Outcome:
     """Convert, measure and write; raises ConversionError with a clear message on bad input."""
-    check_model_path(opts.model)
-    info = worker.run_in_child(worker.inspect_model, str(opts.model), opts.allow_flex)
-    labels = (load_labels(opts.labels, info.n_outputs) if opts.labels
-              else [str(i) for i in range(info.n_outputs)])
-    prep = input_prep(opts, info)
-    calibration = (load_data(opts.calibration, prep, labels, "calibration")
-                   if opts.calibration else None)
-    data = eval_set(opts, prep, labels, calibration)
+    info, labels, prep, calibration, data, reference = prepare(opts)
     x_eval = prep.normalize(data.x)
-    reference = worker.run_in_child(worker.keras_predict, str(opts.model), x_eval)
     keras_acc = (round(float(np.mean(reference.argmax(1) == data.y)), 6)
                  if data.y is not None else None)
     calib = prep.normalize(calibration.x) if calibration is not None else None
     specs = candidates(opts, info, calib is not None, fused_available())
-    results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference) for s in specs]
+    results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference)
+               for s in specs]
     set_drops(results, keras_acc)
     results += mixed_fallback(opts, info, results, calib, x_eval, data, reference, keras_acc)
     chosen, reason = choose(results, opts)

@@ -170,7 +170,8 @@ def keras_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 # --------------------------------------------------------------------------- artefacts
 
 
-def train_and_save(which: str, keras_dir: Path) -> tuple[Path, Dataset]:
+def train_and_save(which: str, keras_dir: Path,
+                   extra_formats: bool = False) -> tuple[Path, Dataset]:
     """Train one reference model, save it as ``keras_dir/<name>.keras``, return path + data."""
     keras_dir.mkdir(parents=True, exist_ok=True)
     if which == "cnn":
@@ -187,6 +188,9 @@ def train_and_save(which: str, keras_dir: Path) -> tuple[Path, Dataset]:
     print(f"{path.name}: Keras held-out accuracy {keras_accuracy(model, x_test, data.y_test):.4f}",
           flush=True)
     model.save(path)
+    if extra_formats:
+        model.save(path.with_suffix(".h5"))
+        model.export(str(path.with_suffix("")) + "_savedmodel", verbose=False)
     return path, data
 
 
@@ -216,14 +220,25 @@ def conversion_args(which: str, data: Dataset, keras_path: Path, sets: dict[str,
             "--mean", *map(str, mean), "--std", *map(str, std)]
 
 
-def build_reference(which: str, out: Path, keras_dir: Path, quantize: str = "auto") -> int:
-    from converter.cli import main as convert_main
-
-    keras_path, data = train_and_save(which, keras_dir)
+def prepare(which: str, keras_dir: Path, extra_formats: bool = False
+            ) -> tuple[Path, Dataset, dict[str, Path]]:
+    """Train and save one model, write its data sets and labels file under ``keras_dir``."""
+    keras_path, data = train_and_save(which, keras_dir, extra_formats)
     sets = write_sets(which, data, keras_dir / "data")
     labels = DIGITS_LABELS if which == "cnn" else GESTURE_LABELS
-    labels_file = keras_dir / "data" / f"{which}_labels.txt"
-    labels_file.write_text("\n".join(labels) + "\n")
+    sets["labels"] = keras_dir / "data" / f"{which}_labels.txt"
+    sets["labels"].write_text("\n".join(labels) + "\n")
+    return keras_path, data, sets
+
+
+def build_reference(which: str, out: Path, keras_dir: Path, quantize: str = "auto",
+                    convert: bool = True, extra_formats: bool = False) -> int:
+    from converter.cli import main as convert_main
+
+    keras_path, data, sets = prepare(which, keras_dir, extra_formats)
+    if not convert:
+        return 0
+    labels_file = sets["labels"]
     code = convert_main(conversion_args(which, data, keras_path, sets, out, quantize,
                                         labels_file))
     if code == 0:
@@ -240,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("agent/data"))
     parser.add_argument("--keras-out", type=Path, default=Path("models"))
     parser.add_argument("--quantize", default="auto")
+    parser.add_argument("--no-convert", action="store_true",
+                        help="only train and write the Keras models and data sets")
+    parser.add_argument("--extra-formats", action="store_true",
+                        help="also save each model as .h5 and as a SavedModel folder")
     args = parser.parse_args(argv)
     targets = ("cnn", "lstm") if args.which == "all" else (args.which,)
     for which in targets:
-        code = build_reference(which, args.out, args.keras_out, args.quantize)
+        code = build_reference(which, args.out, args.keras_out, args.quantize,
+                               not args.no_convert, args.extra_formats)
         if code != 0:
             return code
     return 0

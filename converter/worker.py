@@ -23,15 +23,34 @@ from converter.load import ModelInfo
 T = TypeVar("T")
 
 
+def _call(pool: ProcessPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return pool.submit(fn, *args).result()
+    except BrokenProcessPool as exc:
+        raise ConversionError(f"{getattr(fn, '__name__', fn)}: the TensorFlow child "
+                              f"process crashed (killed or segfault)") from exc
+
+
 def run_in_child(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in a fresh spawned process; re-raise its error here."""
+    """Run ``fn(*args)`` in a fresh spawned process that exits afterwards."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        try:
-            return pool.submit(fn, *args).result()
-        except BrokenProcessPool as exc:
-            raise ConversionError(f"{getattr(fn, '__name__', fn)}: the TensorFlow child "
-                                  f"process crashed (killed or segfault)") from exc
+        return _call(pool, fn, *args)
+
+
+class TensorFlowChild:
+    """One spawned process kept for the calls that do not leak (load, describe, predict)."""
+
+    def __enter__(self) -> TensorFlowChild:
+        context = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return _call(self._pool, fn, *args)
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- the functions below run inside the child -----------------------------------------------

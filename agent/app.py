@@ -25,6 +25,7 @@ from agent.delivery import ModelReceiver
 from agent.engine import DelegateSpec, Engine
 from agent.errors import EdgeError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
+from agent.homeassistant import discovery_messages
 from agent.models import InstalledModel, ModelStore
 from agent.mqtt import InboundMessage, MqttOptions, MqttPort
 from agent.outbox import Outbox
@@ -275,6 +276,10 @@ class AgentApp:
     def _on_connection(self, connected: bool, reason: str | None) -> None:
         log.info("MQTT %s%s", "connected" if connected else "disconnected",
                  f": {reason}" if reason else "")
+        ha = self.cfg.homeassistant
+        if connected and ha.enabled:
+            for topic, payload in discovery_messages(self.topics, ha.discovery_prefix):
+                self.port.publish(topic, payload, qos=1, retain=True)
 
     def _on_source_state(self, name: str, state: str, reason: str | None) -> None:
         self._source_states[name] = state

@@ -190,6 +190,11 @@ class DeliveryConfig(Section):
     staging_timeout_s: PositiveFloat = 600.0
 
 
+class HomeAssistantConfig(Section):
+    enabled: bool = False
+    discovery_prefix: str = Field(default="homeassistant", pattern=TOPIC_PATH)
+
+
 class AgentConfig(Section):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -200,6 +205,7 @@ class AgentConfig(Section):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     state_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0]))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from agent import __version__
 from agent.capture import CameraOptions, CameraSource
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
@@ -90,10 +92,8 @@ class AgentApp:
         p = self.cfg.publish
         loaded = build_loaded_model(installed.manifest, installed.folder, engine,
                                     p.top_k, p.min_score)
-        import numpy as np
-
-        engine.invoke(np.zeros(installed.manifest.input.shape,
-                               dtype=loaded.pre._out.dtype))  # warm-up
+        spec = installed.manifest.input
+        engine.invoke(np.zeros(spec.shape, dtype=np.dtype(spec.dtype)))  # warm-up
         return loaded
 
     # -- start -----------------------------------------------------------------
@@ -102,7 +102,7 @@ class AgentApp:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
-        self.model = self.load(self._choose_model())
+        self.model = self._load_first_model()
         self.outbox = Outbox(cfg.outbox_path(), max_messages=cfg.outbox.max_messages,
                              max_age_s=cfg.outbox.max_age_s) if cfg.outbox.enabled \
             else Outbox.disabled(max_messages=cfg.outbox.max_messages)
@@ -134,6 +134,20 @@ class AgentApp:
         log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
                  self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
                  self._runtime_info())
+
+    def _load_first_model(self) -> LoadedModel:
+        chosen = self._choose_model()
+        try:
+            return self.load(chosen)
+        except EdgeError as exc:
+            fallback = self.store.seed(self.cfg.model.manifest)
+            if fallback.key == chosen.key:
+                raise
+            log.error("active model %s does not load (%s); starting with the configured %s",
+                      chosen.key, exc, fallback.key)
+            loaded = self.load(fallback)
+            self.store.activate(fallback, reason=f"active model failed to load: {exc}")
+            return loaded
 
     def _choose_model(self) -> InstalledModel:
         """The store's active model (a pushed one survives restarts), unless the config names a

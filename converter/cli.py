@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if not result.error:
             print(ops_summary(result))
         for row in result.layer_errors:
-            print(f"  {result.key} loses most at {row['tensor']} ({row['op']}): "
-                  f"RMSE/scale {row['rmse_over_scale']}")
+            print(f"  {result.key} loses most at layer {row['layer']} ({row['op']}): "
+                  f"RMSE/scale {row['rmse_over_scale']}, max abs error {row['max_abs_error']}")
     print()
     print(f"chosen: {outcome.chosen.key}: {outcome.reason}")
     for path in outcome.files:

@@ -130,6 +130,10 @@ def make_converter(spec: ConvertSpec) -> Any:
 
     path = Path(spec.model_path)
     if check_model_path(path) == "saved_model":
+        from converter.fused import has_keras_metadata, tf_keras_converter
+
+        if has_keras_metadata(path):
+            return tf_keras_converter(path, spec.lstm_path, spec.batch)
         return saved_model_converter(path, spec)
     model = load_keras_model(path)
     check_layers(model, allow_unknown=spec.allow_flex)

@@ -6,7 +6,6 @@ data, measures through ``agent.engine.Engine`` and writes the files.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from agent.errors import ConversionError
 from converter import worker
 from converter.convert import ConvertSpec
 from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
+from converter.fused import tf_keras_available
 from converter.load import ModelInfo, check_model_path
 from converter.report import ModeResult, measure, ops_summary, set_drops, table
 from converter.selection import candidates, choose, needs_mixed
@@ -39,6 +39,8 @@ from converter.selection import candidates, choose, needs_mixed
 log = logging.getLogger(__name__)
 EVAL_LIMIT = 1000
 SYNTHETIC_SAMPLES = 64
+MIXED_RMSE_OVER_SCALE = 0.7  # the quantization debugger guide's threshold
+MIXED_MAX_FLOAT_LAYERS = 3
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,6 @@ class Outcome:
     table: str
     keras_accuracy: float | None
     files: list[Path] = field(default_factory=list)
-
-
-def fused_available() -> bool:
-    return importlib.util.find_spec("tf_keras") is not None
 
 
 def input_prep(opts: ConvertOptions, info: ModelInfo) -> InputPrep:
@@ -156,7 +154,7 @@ def run(opts: ConvertOptions) -> Outcome:
     keras_acc = (round(float(np.mean(reference.argmax(1) == data.y)), 6)
                  if data.y is not None else None)
     calib = prep.normalize(calibration.x) if calibration is not None else None
-    specs = candidates(opts, info, calib is not None, fused_available())
+    specs = candidates(opts, info, calib is not None, tf_keras_available())
     results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference)
                for s in specs]
     set_drops(results, keras_acc)
@@ -183,12 +181,18 @@ def mixed_fallback(opts: ConvertOptions, info: ModelInfo, results: list[ModeResu
     except ConversionError as exc:
         log.warning("per-layer int8 error analysis failed: %s", exc)
         return []
-    names = tuple(e["tensor"] for e in int8.layer_errors)
+    names = float_layers(int8.layer_errors)
     mixed_spec = ConvertSpec(str(opts.model), "mixed", spec.lstm_path,
                              allow_flex=opts.allow_flex, float_layers=names)
     mixed = convert_one(opts, mixed_spec, info.has_rnn, calib, x_eval, data, reference)
     set_drops([mixed], keras_acc)
     return [mixed]
+
+
+def float_layers(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Tensors kept in float by ``mixed``: RMSE/scale above the threshold, else the worst one."""
+    bad = [r["tensor"] for r in rows if r["rmse_over_scale"] > MIXED_RMSE_OVER_SCALE]
+    return tuple(bad[:MIXED_MAX_FLOAT_LAYERS]) or tuple(r["tensor"] for r in rows[:1])
 
 
 def build_manifest(opts: ConvertOptions, info: ModelInfo, prep: InputPrep, labels: list[str],

@@ -8,6 +8,8 @@ Runs inside a child process.
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import numpy as np
@@ -44,17 +46,26 @@ def worst_layers(spec: ConvertSpec, calibration: np.ndarray, top: int) -> list[d
     except Exception as exc:
         raise ConversionError(f"the quantization debugger failed: {type(exc).__name__}: "
                               f"{exc}") from exc
+    dump = io.StringIO()
+    debugger.layer_statistics_dump(dump)
     rows = []
-    for tensor, stats in debugger.layer_statistics.items():
-        scale = float(stats.get("scale", 0.0) or 0.0)
-        mse = float(stats.get("mean_squared_error", 0.0))
+    for row in csv.DictReader(io.StringIO(dump.getvalue())):
+        scale = float(row.get("scale") or 0.0)
         if scale <= 0:
             continue
-        rows.append({"tensor": str(tensor), "op": str(stats.get("op_name", "")),
-                     "rmse_over_scale": round(float(np.sqrt(mse)) / scale, 4),
-                     "max_abs_error": round(float(stats.get("max_abs_error", 0.0)), 6)})
+        tensor = row["tensor_name"]
+        rows.append({"layer": layer_name(tensor), "op": row["op_name"], "tensor": tensor,
+                     "rmse_over_scale": round(float(np.sqrt(float(row["mean_squared_error"])))
+                                              / scale, 4),
+                     "max_abs_error": round(float(row["max_abs_error"]), 6)})
     rows.sort(key=lambda r: -r["rmse_over_scale"])
     return rows[:top]
+
+
+def layer_name(tensor: str) -> str:
+    """The Keras layer a TFLite tensor name comes from (``model/layer/op;...`` -> layer)."""
+    parts = tensor.split(";")[0].split("/")
+    return parts[1] if len(parts) > 2 else parts[0]
 
 
 def convert_mixed(converter: Any, calibration: np.ndarray | None,

@@ -26,7 +26,7 @@ def candidates(opts: ConvertOptions, info: ModelInfo, has_calibration: bool,
     else:
         modes = [opts.quantize]
     paths = ["unrolled"]
-    if info.has_rnn and info.source == "keras":
+    if info.has_rnn and info.source in ("keras", "tf_keras_saved_model"):
         if opts.lstm_path == "fused" and not fused_ok:
             raise ConversionError("--lstm-path fused needs tf-keras (pip install --no-deps "
                                   "tf-keras==2.21.0); it is not installed")

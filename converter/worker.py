@@ -69,6 +69,7 @@ def inspect_model(model_path: str, allow_unknown: bool) -> ModelInfo:
     from pathlib import Path
 
     _quiet()
+    from converter.fused import has_keras_metadata, load_tf_keras_saved_model
     from converter.load import (
         check_layers,
         check_model_path,
@@ -80,6 +81,8 @@ def inspect_model(model_path: str, allow_unknown: bool) -> ModelInfo:
 
     path = Path(model_path)
     if check_model_path(path) == "saved_model":
+        if has_keras_metadata(path):
+            return describe_model(load_tf_keras_saved_model(path), "tf_keras_saved_model")
         return describe_saved_model(load_saved_model(path)[1])
     model = load_keras_model(path)
     check_layers(model, allow_unknown)
@@ -108,6 +111,13 @@ def keras_predict(model_path: str, x: np.ndarray) -> np.ndarray:
 
 def convert_mode(spec: ConvertSpec, calibration: np.ndarray | None
                  ) -> tuple[bytes, dict[str, int]]:
+    from pathlib import Path
+
+    from converter.fused import has_keras_metadata, use_legacy_keras
+
+    path = Path(spec.model_path)
+    if spec.lstm_path == "fused" or (path.is_dir() and has_keras_metadata(path)):
+        use_legacy_keras()
     _quiet()
     from converter.convert import convert_checked
 

@@ -56,7 +56,7 @@ def _chain_layers(model: Any) -> list[Any]:
     return layers
 
 
-def to_tf_keras(model: Any, batch: int = 1) -> Any:
+def to_tf_keras(model: Any, batch: int | None = 1) -> Any:
     """A tf-keras copy of a Keras 3 chain model with a fixed batch size, same weights."""
     import tf_keras
 

@@ -189,9 +189,20 @@ def train_and_save(which: str, keras_dir: Path,
           flush=True)
     model.save(path)
     if extra_formats:
-        model.save(path.with_suffix(".h5"))
-        model.export(str(path.with_suffix("")) + "_savedmodel", verbose=False)
+        save_extra_formats(model, path)
     return path, data
+
+
+def save_extra_formats(model: Any, path: Path) -> None:
+    """``NAME.h5``, ``NAME_savedmodel`` (Keras 3 export) and, when tf-keras is installed,
+    ``NAME_tfkeras_savedmodel`` (a SavedModel that carries its Keras model)."""
+    from converter.fused import tf_keras_available, to_tf_keras
+
+    model.save(path.with_suffix(".h5"))
+    stem = str(path.with_suffix(""))
+    model.export(f"{stem}_savedmodel", verbose=False)
+    if tf_keras_available():
+        to_tf_keras(model, batch=None).save(f"{stem}_tfkeras_savedmodel", save_format="tf")
 
 
 def write_sets(which: str, data: Dataset, folder: Path) -> dict[str, Path]:

@@ -1,29 +1,24 @@
 """The MQTT port: connect, last will, re-subscribe, publish through the durable outbox.
 
-Design choices (why it is shaped like this):
-
-* **One paho client per connection.** Each connection attempt gets a fresh
-  ``paho.mqtt.client.Client``, run by this port's network thread (``connect`` then
-  ``loop_forever`` until the link ends) with our own exponential backoff and jitter. paho
-  keeps unacknowledged QoS 1 messages in memory and replays them on reconnect; a fresh
-  client throws that copy away, so the outbox is the only queue and a reconnect resends
-  from the outbox, in order, exactly once per session.
-* **Outbox sender.** A sender thread publishes outbox items in id order while connected,
-  at most ``max_inflight`` unacknowledged (and never more than the broker's Receive
-  Maximum). An item is removed only when its PUBACK arrives (``on_publish``); acks are
-  batched into one SQLite transaction. A PUBACK with a failure reason code (MQTT 5, e.g.
-  135 Not authorized) moves the item to the dead-letter table instead of retrying it.
-  Under MQTT 3.1.1 the broker drops refused messages silently and they count as sent.
-* **Paced backlog.** The items already in the outbox when a connection comes up (the
-  backlog) are sent at ``drain_rate_per_s`` (token bucket); items put after that are not
-  paced. It is one ordered queue, so new items wait behind the backlog, but draining a
-  100k backlog does not flood the link or take the CPU from the pipeline, and direct
-  publishes (status, stats, command results) and inbound commands keep flowing.
-* **Half-open links.** paho pings every ``keepalive``; the sender thread also watches the
-  time since the last packet from the broker and cuts the socket after 1.5 keepalive
-  periods without one (or ``connect_timeout_s`` without a CONNACK).
-* **Handlers** run on their own thread so a slow handler never stalls pings or acks;
-  an exception in a handler is logged, never fatal.
+* **One paho client per connection.** The network thread connects a fresh client, runs
+  its loop until the link ends, then backs off (exponential, with jitter) and starts over.
+  paho keeps unacknowledged QoS 1 messages in memory and replays them on reconnect; a fresh
+  client drops that copy, so the outbox is the only queue and a new connection resends
+  from the outbox, in order. Duplicates are possible; consumers dedupe on run_id + seq.
+* **Outbox sender.** A sender thread publishes outbox items in order while connected,
+  within the window kept by ``outbox.Delivery`` (``max_inflight``, slow start after a
+  dropped link, paced backlog, poison-message strikes). An item leaves the outbox only when
+  its PUBACK arrives; a PUBACK with a failure code (MQTT 5, e.g. 135 Not authorized) sets it
+  aside. Under MQTT 3.1.1 the broker drops refused messages silently: they count as sent.
+* **Paced backlog.** What was queued when the connection came up drains at
+  ``drain_rate_per_s``; it is one ordered queue, so newer items wait behind it, but the
+  drain does not flood the link or take the CPU from the pipeline, and status, stats,
+  command results and inbound commands keep flowing.
+* **Half-open links.** paho pings every ``keepalive``; the sender thread also cuts the
+  socket after 1.5 keepalives without any packet from the broker, or ``connect_timeout_s``
+  without a CONNACK.
+* **Handlers** run on their own thread (a slow one never stalls pings or acks); an
+  exception in a handler is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -48,21 +43,19 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contract import STATE_OFFLINE, STATE_ONLINE, STATE_STOPPED, Topics
 from agent.errors import ConfigError
-from agent.outbox import Outbox
+from agent.outbox import Delivery, Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05
 _EXPIRE_EVERY_S = 60.0
-_UNSET = object()
-_MAX_STRIKES = 3
 
 
 @dataclass(frozen=True)
 class MqttOptions:
     host: str = "127.0.0.1"
     port: int = 1883
-    client_id: str | None = None
+    client_id: str | None = None  # default: edge-agent-<prefix>-<device id>
     protocol: Literal["3.1.1", "5"] = "5"
     keepalive: int = 30
     username: str | None = None
@@ -75,7 +68,7 @@ class MqttOptions:
     qos: int = 1
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
-    drain_rate_per_s: float = 500.0
+    drain_rate_per_s: float = 500.0  # 0: unpaced
     max_inflight: int = 100
     connect_timeout_s: float = 5.0
 
@@ -94,29 +87,6 @@ StatusPayload = Callable[[str, "str | None"], dict[str, Any]]
 ConnectionListener = Callable[[bool, "str | None"], None]
 
 
-@dataclass(eq=False)
-class _Session:
-    """State of one connection (one paho client). Guarded by ``MqttPort._lock``."""
-
-    client: mqtt.Client
-    connected: bool = False
-    was_up: bool = False  # CONNACK accepted at some point
-    cut_reason: str | None = None
-    window: int = 1
-    window_cap: int = 1
-    max_packet: int | None = None
-    inflight: dict[int, int] = field(default_factory=dict)  # mid -> outbox id
-    direct: set[int] = field(default_factory=set)  # mids of direct publishes
-    early: dict[int, ReasonCode | None] = field(default_factory=dict)  # acks before claim
-    cursor: int = 0
-    backlog_end: int = 0
-    tokens: float = 0.0
-    refilled: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
-    last_inbound: float = field(default_factory=time.monotonic)
-    ended: threading.Event = field(default_factory=threading.Event)
-
-
 class _Client(mqtt.Client):
     """paho's client with a shorter network-loop tick, so keepalive pings go out on time."""
 
@@ -125,6 +95,21 @@ class _Client(mqtt.Client):
     def loop_forever(self, timeout: float = 1.0,
                      retry_first_connection: bool = False) -> MQTTErrorCode:
         return super().loop_forever(min(timeout, self.loop_tick_s), retry_first_connection)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One connection: one paho client."""
+
+    client: _Client
+    gen: int = 0  # Delivery generation, set on CONNACK
+    connected: bool = False
+    was_up: bool = False
+    cut_reason: str | None = None
+    max_packet: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    last_inbound: float = field(default_factory=time.monotonic)
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class MqttPort:
@@ -136,6 +121,8 @@ class MqttPort:
         self.options = options
         self.topics = topics
         self.outbox = outbox
+        self._delivery = Delivery(outbox, max_inflight=options.max_inflight,
+                                  drain_rate_per_s=options.drain_rate_per_s)
         self._status_payload = status_payload
         self._on_connection = on_connection
         self._client_id = options.client_id or f"edge-agent-{topics.prefix}-{topics.device_id}"
@@ -143,19 +130,13 @@ class MqttPort:
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._stopping = threading.Event()
-        self._sender_done = threading.Event()
         self._session: _Session | None = None
         self._handlers: list[tuple[str, int, Handler]] = []
         self._inbox: queue.Queue[InboundMessage | None] = queue.Queue()
-        self._acked: list[int] = []
-        self._refused: list[tuple[int, str]] = []
-        self._strikes: dict[int, int] = {}
-        self._slow_start = False
         self._threads: list[threading.Thread] = []
         self._state, self._reason = STATE_ONLINE, None
         self._will = b""
         self._connects = 0
-        self._published = 0
         self._last_error: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -181,16 +162,14 @@ class MqttPort:
         """Deliver what can be delivered in ``flush_timeout``, publish the final retained
         status, disconnect cleanly (so the broker does not send the last will)."""
         deadline = time.monotonic() + flush_timeout
-        while self.connected and time.monotonic() < deadline and self._pending():
+        while self.connected and time.monotonic() < deadline and self._delivery.pending():
             self._wake.set()
             self._stopping.wait(0.01)
         self._state, self._reason = final_state, None
         info = self._publish_status()
-        if info is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            try:
+        if info is not None:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(0.5)
-            except (RuntimeError, ValueError):
-                log.warning("final status %r was not confirmed by the broker", final_state)
         self._stopping.set()
         self._wake.set()
         self._inbox.put(None)
@@ -199,13 +178,8 @@ class MqttPort:
             session.client.disconnect()
         for thread in self._threads:
             thread.join(timeout=max(0.1, deadline + 0.5 - time.monotonic()))
-        self._settle_outcomes()
+        self._delivery.settle()
         self._connected.clear()
-
-    def _pending(self) -> bool:
-        with self._lock:
-            inflight = len(self._session.inflight) if self._session else 0
-        return self.outbox.depth > 0 or inflight > 0
 
     # -- public API ----------------------------------------------------------------
 
@@ -213,8 +187,8 @@ class MqttPort:
         """Register once; (re)subscribed on every connect."""
         with self._lock:
             self._handlers.append((topic_filter, qos, handler))
-            session = self._session if self.connected else None
-        if session is not None:
+        session = self._session
+        if session is not None and session.connected:
             session.client.subscribe(topic_filter, qos)
 
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None) -> int:
@@ -229,6 +203,7 @@ class MqttPort:
         return self._direct(topic, payload, qos, retain, correlation_data) is not None
 
     def set_state(self, state: str, reason: str | None = None) -> None:
+        """Remember the state (re-published on every connect) and publish it retained."""
         self._state, self._reason = state, reason
         self._publish_status()
 
@@ -240,7 +215,7 @@ class MqttPort:
         return {
             "connected": self.connected,
             "reconnects": max(0, self._connects - 1),
-            "published": self._published,
+            "published": self._delivery.delivered,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "set_aside": self.outbox.set_aside_count,
@@ -255,7 +230,7 @@ class MqttPort:
                 correlation_data: bytes | None) -> mqtt.MQTTMessageInfo | None:
         session = self._session
         if session is None or not session.connected:
-            return None
+            return None  # never let paho queue it in memory
         props = None
         if correlation_data is not None and self.options.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
@@ -263,8 +238,7 @@ class MqttPort:
         info = session.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
-        with self._lock:
-            self._claim(session, info.mid, None)
+        self._delivery.direct(session.gen, info.mid)
         return info
 
     # -- network thread: one paho client per connection ------------------------------
@@ -273,8 +247,8 @@ class MqttPort:
         o = self.options
         v5 = o.protocol == "5"
         client = _Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                             clean_session=None if v5 else True, reconnect_on_failure=False)
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                         clean_session=None if v5 else True, reconnect_on_failure=False)
         client.suppress_exceptions = True
         client.loop_tick_s = min(1.0, max(0.05, o.keepalive / 10))
         client.connect_timeout = o.connect_timeout_s
@@ -300,14 +274,12 @@ class MqttPort:
         failures = 0
         while not self._stopping.is_set():
             session = _Session(self._new_client())
-            with self._lock:
-                self._session = session
+            self._session = session
             self._connect_and_loop(session)
-            with self._lock:
-                session.connected = False
+            session.connected = False
             self._connected.clear()
             if session.was_up:
-                self._count_strike(session)
+                self._delivery.close(count_strike=not self._stopping.is_set())
                 failures = 0
                 self._notify(False, self._last_error)
             if self._stopping.is_set():
@@ -340,18 +312,15 @@ class MqttPort:
             return
         if reason_code.is_failure:
             self._error(f"broker {self.options.host}:{self.options.port} refused connection: "
-                        f"{reason_code}; retrying")
+                        f"{reason_code}; retrying", logging.ERROR)
             return
-        receive_max = int(getattr(properties, "ReceiveMaximum", 65535) or 65535)
+        session.gen = self._delivery.open(getattr(properties, "ReceiveMaximum", None))
+        session.max_packet = getattr(properties, "MaximumPacketSize", None)
+        session.connected = session.was_up = True
         with self._lock:
-            session.connected = session.was_up = True
-            session.window_cap = max(1, min(self.options.max_inflight, receive_max * 3 // 4))
-            session.window = 1 if self._slow_start else session.window_cap
-            session.max_packet = getattr(properties, "MaximumPacketSize", None)
-            session.backlog_end = self.outbox.last_id()
-            handlers = [(f, q) for f, q, _ in self._handlers]
-        if handlers:
-            client.subscribe(list(dict(handlers).items()))
+            filters = {f: q for f, q, _ in self._handlers}
+        if filters:
+            client.subscribe(list(filters.items()))
         self._connects += 1
         self._connected.set()
         self._publish_status()
@@ -365,12 +334,22 @@ class MqttPort:
         session = self._session
         if session is None or client is not session.client:
             return
-        with self._lock:
-            was_connected, session.connected = session.connected, False
+        was_connected, session.connected = session.connected, False
         self._connected.clear()
         session.ended.set()
         if was_connected and not self._stopping.is_set():
             self._error(f"disconnected from MQTT broker: {session.cut_reason or reason_code}")
+
+    def _on_publish(self, client: mqtt.Client, _userdata: Any, mid: int,
+                    reason_code: ReasonCode | None, _properties: Properties | None) -> None:
+        session = self._session
+        if session is None or client is not session.client:
+            return
+        refusal = None
+        if reason_code is not None and reason_code.is_failure:
+            refusal = f"broker refused: {reason_code} ({reason_code.value})"
+        self._delivery.acked(session.gen, mid, refusal)
+        self._wake.set()
 
     def _on_log(self, client: mqtt.Client, _userdata: Any, level: int, buf: str) -> None:
         if level == mqtt.MQTT_LOG_DEBUG and buf.startswith("Received "):
@@ -388,75 +367,9 @@ class MqttPort:
         except Exception:
             log.exception("on_connection listener failed")
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, level: int = logging.WARNING) -> None:
         self._last_error = message
-        log.log(logging.ERROR if "refused" in message else logging.WARNING, message)
-
-    # -- acknowledgements ----------------------------------------------------------
-
-    def _on_publish(self, client: mqtt.Client, _userdata: Any, mid: int,
-                    reason_code: ReasonCode | None, _properties: Properties | None) -> None:
-        session = self._session
-        if session is None or client is not session.client:
-            return
-        with self._lock:
-            if mid in session.direct:
-                session.direct.discard(mid)
-                return
-            item_id = session.inflight.pop(mid, None)
-            if item_id is None:
-                session.early[mid] = reason_code
-                return
-            self._settle(session, item_id, reason_code)
-        self._wake.set()
-
-    def _claim(self, session: _Session, mid: int, item_id: int | None) -> None:
-        """After ``publish`` returned: the PUBACK may already have come (under the lock)."""
-        reason_code = session.early.pop(mid, _UNSET)
-        if reason_code is not _UNSET:
-            if item_id is not None:
-                self._settle(session, item_id, reason_code)  # type: ignore[arg-type]
-        elif item_id is None:
-            session.direct.add(mid)
-        else:
-            session.inflight[mid] = item_id
-
-    def _settle(self, session: _Session, item_id: int, reason_code: ReasonCode | None) -> None:
-        if reason_code is not None and reason_code.is_failure:
-            self._refused.append((item_id, f"broker refused: {reason_code} "
-                                           f"({reason_code.value})"))
-        else:
-            self._acked.append(item_id)
-            self._published += 1
-        if self._strikes:
-            self._strikes.pop(item_id, None)
-        if session.window < session.window_cap:
-            session.window += 1
-
-    def _count_strike(self, session: _Session) -> None:
-        """A connection ended with messages in flight: the oldest may be what the broker
-        chokes on (a poison message). Send one at a time until acks flow again; set a
-        message aside when the link died ``_MAX_STRIKES`` times with it the oldest in flight.
-        """
-        with self._lock:
-            self._slow_start = bool(session.inflight)
-            if not session.inflight or self._stopping.is_set():
-                return
-            oldest = min(session.inflight.values())
-            self._strikes = {oldest: self._strikes.get(oldest, 0) + 1}
-            if self._strikes[oldest] >= _MAX_STRIKES:
-                self._refused.append((oldest, f"the broker closed the connection each time "
-                                              f"this message was sent ({_MAX_STRIKES} times)"))
-                self._strikes = {}
-
-    def _settle_outcomes(self) -> None:
-        with self._lock:
-            acked, self._acked = self._acked, []
-            refused, self._refused = self._refused, []
-        self.outbox.ack_many(acked)
-        for item_id, reason in refused:
-            log.warning("outbox message %d set aside: %s", item_id, reason)
-            self.outbox.set_aside(item_id, reason)
+        log.log(level, message)
 
     # -- sender thread -------------------------------------------------------------
 
@@ -466,7 +379,7 @@ class MqttPort:
             self._wake.wait(_TICK_S)
             self._wake.clear()
             try:
-                self._settle_outcomes()
+                self._delivery.settle()
                 self._watch_link()
                 self._fill_window()
                 if time.monotonic() > next_expiry:
@@ -493,6 +406,7 @@ class MqttPort:
             self._cut(session, f"no CONNACK within {self.options.connect_timeout_s}s")
 
     def _cut(self, session: _Session, why: str) -> None:
+        """Shut the socket down under paho's loop, which then reports the link lost."""
         self._error(why)
         session.cut_reason = why
         sock = session.client.socket()
@@ -503,57 +417,33 @@ class MqttPort:
 
     def _fill_window(self) -> None:
         session = self._session
-        if session is None:
+        if session is None or not session.connected:
             return
-        with self._lock:
-            if not session.connected:
-                return
-            room, cursor = session.window - len(session.inflight), session.cursor
-        room = self._pace(session, room, cursor)
-        if room <= 0:
-            return
-        for item in self.outbox.peek(room, after_id=cursor):
-            if not self._send_item(session, item.id, item.topic, item.payload, item.qos,
-                                   item.retain):
+        for item in self._delivery.next_batch(session.gen):
+            if not self._send(session, item):
                 break
-            if item.id <= session.backlog_end:
-                session.tokens -= 1
 
-    def _send_item(self, session: _Session, item_id: int, topic: str, payload: bytes, qos: int,
-                   retain: bool) -> bool:
-        too_big = session.max_packet is not None and len(payload) + len(topic) + 16 > int(
-            session.max_packet)
+    def _send(self, session: _Session, item: OutboxItem) -> bool:
+        """Publish one outbox item; False when the link is gone (the item stays queued)."""
+        limit = session.max_packet
+        if limit is not None and len(item.payload) + len(item.topic) + 16 > int(limit):
+            self._delivery.skipped(session.gen, item.id, f"payload too large for the broker "
+                                                         f"(max packet {limit} bytes)")
+            return True
         try:
-            if too_big:
-                raise ValueError(f"payload too large for the broker (max packet "
-                                 f"{session.max_packet} bytes)")
-            info = session.client.publish(topic, payload, qos=qos, retain=retain)
+            info = session.client.publish(item.topic, item.payload, qos=item.qos,
+                                          retain=item.retain)
         except ValueError as exc:
-            with self._lock:
-                self._refused.append((item_id, f"refused before sending: {exc}"))
-                session.cursor = item_id
-            self._wake.set()
+            self._delivery.skipped(session.gen, item.id, f"refused before sending: {exc}")
             return True
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False  # link gone: the item stays in the outbox for the next connection
-        with self._lock:
-            session.cursor = item_id
-            self._claim(session, info.mid, item_id)
+            return False
+        self._delivery.sent(session.gen, item.id, info.mid)
         return True
-
-    def _pace(self, session: _Session, room: int, cursor: int) -> int:
-        rate = self.options.drain_rate_per_s
-        if room <= 0 or not rate or cursor >= session.backlog_end:
-            return room
-        now = time.monotonic()
-        burst = max(1.0, rate * 4 * _TICK_S)
-        session.tokens = min(burst, session.tokens + (now - session.refilled) * rate)
-        session.refilled = now
-        return min(room, int(session.tokens))
 
     # -- handler thread ------------------------------------------------------------
 
-    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         self._inbox.put(InboundMessage(
             topic=msg.topic, payload=bytes(msg.payload),

@@ -117,9 +117,14 @@ def subscriber(mosquitto: Mosquitto) -> Iterator[DurableSubscriber]:
 def test_broker_outage_loses_nothing(mosquitto: Mosquitto, subscriber: DurableSubscriber,
                                      make_port: PortFactory, produce: type[Producer],
                                      kill: bool) -> None:
+    subscribed_at = time.time()
     port = make_port(mosquitto.port)
     producer = produce(port)
     wait_until(lambda: len(subscriber.seqs) >= 40, 5, "traffic before the outage")
+    if kill:  # SIGKILL keeps only what the last autosave wrote: the subscriber's session
+        saved = mosquitto.workdir / "mosquitto.db"
+        wait_until(lambda: saved.exists() and saved.stat().st_mtime > subscribed_at, 5,
+                   "the broker to save the test subscriber's session")
     mosquitto.stop(kill=kill)
     wait_until(lambda: not port.connected, 5, "port notices the outage")
     time.sleep(2.5)  # the outage itself

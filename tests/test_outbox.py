@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.outbox import Outbox
+from agent.outbox import Delivery, Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_survives_reopen(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from agent.outbox import Outbox
+from agent.outbox import Delivery, Outbox
 box = Outbox(sys.argv[1])
 i = 0
 while True:
@@ -156,3 +156,90 @@ def test_behaves_like_a_bounded_ordered_list(ops: list[tuple[str, int]]) -> None
         assert [i.id for i in box.peek(100)] == model
         assert box.depth == len(model) and box.dropped == dropped
     box.close()
+
+
+# --------------------------------------------------------------------------- Delivery
+
+
+def fill(box: Outbox, n: int) -> list[int]:
+    return [box.put("t", bytes([i])) for i in range(n)]
+
+
+def test_delivery_sends_in_order_within_the_window() -> None:
+    box = Outbox.disabled()
+    ids = fill(box, 5)
+    delivery = Delivery(box, max_inflight=2, drain_rate_per_s=0)
+    gen = delivery.open()
+    batch = delivery.next_batch(gen)
+    assert [i.id for i in batch] == ids[:2]
+    for mid, item in enumerate(batch, start=1):
+        delivery.sent(gen, item.id, mid)
+    assert delivery.next_batch(gen) == []
+    delivery.acked(gen, 1)
+    delivery.settle()
+    assert [i.id for i in delivery.next_batch(gen)] == [ids[2]]
+    assert box.depth == 4 and delivery.delivered == 1
+
+
+def test_delivery_ack_before_sent_and_direct_publishes() -> None:
+    box = Outbox.disabled()
+    ids = fill(box, 2)
+    delivery = Delivery(box, drain_rate_per_s=0)
+    gen = delivery.open()
+    delivery.acked(gen, 7)  # the PUBACK beat ``sent``
+    delivery.sent(gen, ids[0], 7)
+    delivery.acked(gen, 8)  # a direct publish, acked early
+    delivery.direct(gen, 8)
+    delivery.direct(gen, 9)
+    delivery.acked(gen, 9)
+    delivery.settle()
+    assert [i.id for i in box.peek(10)] == [ids[1]] and delivery.inflight == 0
+
+
+def test_delivery_refusal_sets_aside_and_resend_after_reconnect() -> None:
+    box = Outbox.disabled()
+    ids = fill(box, 3)
+    delivery = Delivery(box, drain_rate_per_s=0)
+    gen = delivery.open()
+    for mid, item in enumerate(delivery.next_batch(gen), start=1):
+        delivery.sent(gen, item.id, mid)
+    delivery.acked(gen, 1, "broker refused: Not authorized (135)")
+    delivery.close()
+    delivery.settle()
+    assert box.set_aside_count == 1 and box.depth == 2
+    gen2 = delivery.open()
+    delivery.acked(gen, 2)  # an ack for the old connection is ignored after a new open
+    assert [i.id for i in delivery.next_batch(gen2)] == [ids[1]]  # slow start: window 1
+    delivery.sent(gen2, ids[1], 1)
+    delivery.acked(gen2, 1)
+    assert [i.id for i in delivery.next_batch(gen2)] == [ids[2]]
+
+
+def test_delivery_sets_aside_a_message_that_kills_every_connection() -> None:
+    box = Outbox.disabled()
+    ids = fill(box, 2)
+    delivery = Delivery(box, drain_rate_per_s=0, max_strikes=3)
+    for _ in range(3):
+        gen = delivery.open()
+        item = delivery.next_batch(gen)[0]
+        assert item.id == ids[0]
+        delivery.sent(gen, item.id, 1)
+        delivery.close()
+        delivery.settle()
+    assert [d.item.id for d in box.dead_letters()] == [ids[0]]
+    gen = delivery.open()
+    assert [i.id for i in delivery.next_batch(gen)] == [ids[1]]
+
+
+def test_delivery_paces_only_the_backlog() -> None:
+    box = Outbox.disabled()
+    fill(box, 50)
+    delivery = Delivery(box, max_inflight=100, drain_rate_per_s=10)
+    gen = delivery.open()
+    assert len(delivery.next_batch(gen)) <= 2  # burst of 0.2 s at 10/s
+    paced = Delivery(box, max_inflight=100, drain_rate_per_s=0)
+    assert len(paced.next_batch(paced.open())) == 50
+    box.ack_many(i.id for i in box.peek(100))
+    gen = delivery.open()
+    fill(box, 20)  # put after the connection came up: not paced
+    assert len(delivery.next_batch(gen)) == 20

@@ -39,6 +39,7 @@ from agent.samples import SequenceWindower
 
 log = logging.getLogger(__name__)
 
+SWAP_HOLD_FRAMES = 16
 EngineFactory = Callable[[Path, ModelManifest], InferenceBackend]
 
 
@@ -191,7 +192,7 @@ class AgentApp:
             publish_result=self._publish_model_result, on_ready=self._on_model_ready)
         self.receiver.start()
         for f in self.receiver.filters():
-            self.port.subscribe(f, lambda m: self.receiver.handle(m.topic, m.payload))
+            self.port.subscribe(f, self._on_model_message)
         if self.model.manifest.task == "sequence":
             for src in self.cfg.sources:
                 if isinstance(src, MqttSourceConfig):
@@ -250,7 +251,13 @@ class AgentApp:
     def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         self.port.publish(topic, payload, qos=1, correlation_data=correlation)
 
+    def _on_model_message(self, msg: InboundMessage) -> None:
+        if Topics.last_segment(msg.topic) == "commit":
+            self.inbox.hold(SWAP_HOLD_FRAMES)  # loading competes for the CPU: queue, not drop
+        self.receiver.handle(msg.topic, msg.payload)
+
     def _publish_model_result(self, body: dict) -> None:
+        self.inbox.release()
         self.port.publish(self.topics.model("result"), encode(body), qos=1)
         self._refresh_status()
 

@@ -70,6 +70,8 @@ class FrameInbox:
     def __init__(self, default_depth: int = 1) -> None:
         self._cond = threading.Condition()
         self._queues: dict[str, deque[Frame]] = {}
+        self._depths: dict[str, int] = {}
+        self._hold_depth = 0
         self._pending: deque[str] = deque()
         self._default_depth = default_depth
         self._closed = False
@@ -78,13 +80,30 @@ class FrameInbox:
 
     def register(self, source: str, depth: int = 1) -> None:
         with self._cond:
-            self._queues.setdefault(source, deque(maxlen=depth))
+            self._depths[source] = depth
+            self._queues.setdefault(source, deque(maxlen=max(depth, self._hold_depth)))
+
+    def hold(self, depth: int) -> None:
+        """Queue up to ``depth`` frames per source instead of keeping only the newest, while
+        a model is loaded and swapped in (which can pause inference for a few frames)."""
+        with self._cond:
+            self._hold_depth = depth
+            for source, q in self._queues.items():
+                if q.maxlen is not None and q.maxlen < depth:
+                    self._queues[source] = deque(q, maxlen=depth)
+
+    def release(self) -> None:
+        """End a hold; each queue shrinks back to its depth once drained."""
+        with self._cond:
+            self._hold_depth = 0
 
     def put(self, frame: Frame) -> None:
         with self._cond:
             q = self._queues.get(frame.source)
             if q is None:
-                q = self._queues[frame.source] = deque(maxlen=self._default_depth)
+                self._depths[frame.source] = self._default_depth
+                q = self._queues[frame.source] = deque(
+                    maxlen=max(self._default_depth, self._hold_depth))
             if len(q) == q.maxlen:
                 self.overwritten += 1
             q.append(frame)
@@ -104,6 +123,8 @@ class FrameInbox:
             frame = q.popleft()
             if q:
                 self._pending.append(source)
+            elif not self._hold_depth and q.maxlen != self._depths.get(source, q.maxlen):
+                self._queues[source] = deque(maxlen=self._depths[source])
             return frame
 
     def pending(self) -> int:

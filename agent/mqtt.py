@@ -161,15 +161,16 @@ class MqttPort:
     def stop(self, final_state: str = STATE_STOPPED, flush_timeout: float = 1.5) -> None:
         """Deliver what can be delivered in ``flush_timeout``, publish the final retained
         status, disconnect cleanly (so the broker does not send the last will)."""
-        deadline = time.monotonic() + flush_timeout
-        while self.connected and time.monotonic() < deadline and self._delivery.pending():
+        flush_end = time.monotonic() + flush_timeout
+        while self.connected and time.monotonic() < flush_end and self._delivery.pending():
             self._wake.set()
             self._stopping.wait(0.01)
         self._state, self._reason = final_state, None
         info = self._publish_status()
+        deadline = time.monotonic() + 0.5
         if info is not None:
             with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(0.5)
+                info.wait_for_publish(0.4)
         self._stopping.set()
         self._wake.set()
         self._inbox.put(None)
@@ -177,7 +178,7 @@ class MqttPort:
         if session is not None:
             session.client.disconnect()
         for thread in self._threads:
-            thread.join(timeout=max(0.1, deadline + 0.5 - time.monotonic()))
+            thread.join(timeout=max(0.05, deadline - time.monotonic()))
         self._delivery.settle()
         self._connected.clear()
 
@@ -406,8 +407,11 @@ class MqttPort:
             self._cut(session, f"no CONNACK within {self.options.connect_timeout_s}s")
 
     def _cut(self, session: _Session, why: str) -> None:
-        """Shut the socket down under paho's loop, which then reports the link lost."""
+        """Shut the socket down under paho's loop, which then reports the link lost. A
+        second cut of the same connection means paho's loop is gone: end the session."""
         self._error(why)
+        if session.cut_reason is not None:
+            session.ended.set()
         session.cut_reason = why
         sock = session.client.socket()
         if sock is not None:

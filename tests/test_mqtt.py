@@ -42,7 +42,41 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def send_until(sender: Collector, topic: str, payload: bytes, done: Callable[[], bool],
+               timeout: float = 5.0) -> None:
+    """Publish (again) until ``done``: the port's SUBACK may still be on its way."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic}: not handled within {timeout}s")
+        sender.publish(topic, payload)
+        wait_until_or(done, 0.2)
+
+
+def wait_until_or(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
 PortFactory = Callable[..., MqttPort]
+CollectorFactory = Callable[..., Collector]
+
+
+@pytest.fixture
+def collect() -> Iterator[CollectorFactory]:
+    """Test subscribers, closed at teardown (disconnect first: paho's loop exits at once)."""
+    made: list[Collector] = []
+
+    def make(*args: Any, **kwargs: Any) -> Collector:
+        made.append(Collector(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for collector in made:
+        collector.client.disconnect()
+        collector.client.loop_stop()
 
 
 @pytest.fixture
@@ -82,20 +116,18 @@ def first_seen(seqs: list[int]) -> list[int]:
 
 
 def test_connects_and_publishes_retained_online(mosquitto: Mosquitto,
-                                                make_port: PortFactory) -> None:
+                                                make_port: PortFactory,
+                                                collect: CollectorFactory) -> None:
     make_port(mosquitto.port)
-    late = Collector(mosquitto.port, TOPICS.status)
-    try:
-        status = late.wait_topic(TOPICS.status)[0]
-        assert status.retain and status.json()["state"] == "online"
-    finally:
-        late.close()
+    late = collect(mosquitto.port, TOPICS.status)
+    status = late.wait_topic(TOPICS.status)[0]
+    assert status.retain and status.json()["state"] == "online"
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_durable_publishes_arrive_in_order(mosquitto: Mosquitto, make_port: PortFactory,
-                                           protocol: str) -> None:
-    col = Collector(mosquitto.port, TOPICS.labels)
+                                           protocol: str, collect: CollectorFactory) -> None:
+    col = collect(mosquitto.port, TOPICS.labels)
     port = make_port(mosquitto.port, protocol=protocol)
     for seq in range(500):
         port.publish_durable(TOPICS.labels, json.dumps({"seq": seq}).encode())
@@ -104,23 +136,21 @@ def test_durable_publishes_arrive_in_order(mosquitto: Mosquitto, make_port: Port
     wait_until(lambda: port.outbox.depth == 0, 5, "outbox drained")
     stats = port.stats()
     assert stats["published"] == 500 and stats["connected"] and stats["set_aside"] == 0
-    col.close()
 
 
 def test_stop_publishes_stopped_and_no_last_will(mosquitto: Mosquitto,
-                                                 make_port: PortFactory) -> None:
-    col = Collector(mosquitto.port, TOPICS.status)
+                                                 make_port: PortFactory,
+                                                 collect: CollectorFactory) -> None:
+    col = collect(mosquitto.port, TOPICS.status)
     port = make_port(mosquitto.port)
     col.wait_for(lambda ms: any(m.json()["state"] == "online" for m in ms), what="online")
     started = time.monotonic()
     port.stop()
     assert time.monotonic() - started < 2.0
     col.wait_for(last_state("stopped"), what="stopped")
-    late = Collector(mosquitto.port, TOPICS.status)
+    late = collect(mosquitto.port, TOPICS.status)
     assert late.wait_topic(TOPICS.status)[0].json()["state"] == "stopped"
     assert all(m.json()["state"] != "offline" for m in col.messages)
-    col.close()
-    late.close()
 
 
 CHILD = """
@@ -139,8 +169,9 @@ time.sleep(60)
 
 
 def test_last_will_offline_when_the_process_is_killed(mosquitto: Mosquitto,
-                                                      tmp_path: Path) -> None:
-    col = Collector(mosquitto.port, TOPICS.status)
+                                                      tmp_path: Path,
+                                                      collect: CollectorFactory) -> None:
+    col = collect(mosquitto.port, TOPICS.status)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(mosquitto.port), str(tmp_path / "o.db")],
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -151,58 +182,44 @@ def test_last_will_offline_when_the_process_is_killed(mosquitto: Mosquitto,
         child.send_signal(signal.SIGKILL)
         child.wait(5)
     col.wait_for(last_state("offline"), what="last will")
-    late = Collector(mosquitto.port, TOPICS.status)
+    late = collect(mosquitto.port, TOPICS.status)
     assert late.wait_topic(TOPICS.status)[0].json()["state"] == "offline"
-    col.close()
-    late.close()
 
 
 def test_set_state_republishes_retained_status(mosquitto: Mosquitto,
-                                               make_port: PortFactory) -> None:
-    col = Collector(mosquitto.port, TOPICS.status)
+                                               make_port: PortFactory,
+                                               collect: CollectorFactory) -> None:
+    col = collect(mosquitto.port, TOPICS.status)
     port = make_port(mosquitto.port)
     port.set_state("degraded", "camera lost")
     col.wait_for(last_state("degraded"), what="degraded")
     assert col.messages[-1].json()["reason"] == "camera lost"
     mosquitto.restart()
     wait_until(lambda: port.stats()["reconnects"] >= 1, 10, "reconnect")
-    late = Collector(mosquitto.port, TOPICS.status)
+    late = collect(mosquitto.port, TOPICS.status)
     assert late.wait_topic(TOPICS.status)[0].json()["state"] == "degraded"
-    col.close()
-    late.close()
 
 
 def test_resubscribes_after_broker_restart(mosquitto: Mosquitto,
-                                           make_port: PortFactory) -> None:
+                                           make_port: PortFactory,
+                                           collect: CollectorFactory) -> None:
     got: list[InboundMessage] = []
-    arrived = threading.Event()
     port = make_port(mosquitto.port)
-
-    def handler(msg: InboundMessage) -> None:
-        got.append(msg)
-        arrived.set()
-
-    port.subscribe(TOPICS.cmd("+"), handler)
-    sender = Collector(mosquitto.port, "unused/#")
-    wait_until(lambda: port.connected, 5)
-    time.sleep(0.1)  # let the SUBACK land before the first command
-    sender.publish(TOPICS.cmd("ping"), b'{"id": "1"}')
-    assert arrived.wait(5)
+    port.subscribe(TOPICS.cmd("+"), got.append)
+    sender = collect(mosquitto.port, "unused/#")
+    send_until(sender, TOPICS.cmd("ping"), b'{"id": "1"}', lambda: bool(got))
     mosquitto.stop(kill=True)
     mosquitto.start()
     wait_until(lambda: port.stats()["reconnects"] >= 1 and port.connected, 10, "reconnect")
     wait_until(sender.client.is_connected, 10, "test client reconnect")
-    arrived.clear()
-    deadline = time.monotonic() + 5
-    while not arrived.is_set() and time.monotonic() < deadline:
-        sender.publish(TOPICS.cmd("ping"), b'{"id": "2"}')
-        arrived.wait(0.2)
-    assert got[-1].payload == b'{"id": "2"}' and got[-1].topic == TOPICS.cmd("ping")
-    sender.close()
+    send_until(sender, TOPICS.cmd("ping"), b'{"id": "2"}',
+               lambda: got[-1].payload == b'{"id": "2"}')
+    assert got[-1].topic == TOPICS.cmd("ping")
 
 
 def test_handler_exception_is_logged_not_fatal(mosquitto: Mosquitto, make_port: PortFactory,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+                                               caplog: pytest.LogCaptureFixture,
+                                               collect: CollectorFactory) -> None:
     port = make_port(mosquitto.port)
     seen: list[bytes] = []
 
@@ -212,14 +229,11 @@ def test_handler_exception_is_logged_not_fatal(mosquitto: Mosquitto, make_port: 
         seen.append(msg.payload)
 
     port.subscribe(TOPICS.cmd("+"), handler)
-    time.sleep(0.1)
-    sender = Collector(mosquitto.port, "unused/#")
+    sender = collect(mosquitto.port, "unused/#")
     with caplog.at_level(logging.ERROR, logger="agent.mqtt"):
-        sender.publish(TOPICS.cmd("x"), b"boom")
+        send_until(sender, TOPICS.cmd("x"), b"boom", lambda: "handler bug" in caplog.text)
         sender.publish(TOPICS.cmd("x"), b"fine")
-        wait_until(lambda: seen == [b"fine"], 5, "second command")
-    assert "handler bug" in caplog.text
-    sender.close()
+        wait_until(lambda: seen == [b"fine"], 5, "the command after the failing one")
 
 
 def test_response_topic_and_correlation_data_round_trip(mosquitto: Mosquitto,
@@ -228,30 +242,35 @@ def test_response_topic_and_correlation_data_round_trip(mosquitto: Mosquitto,
     port.subscribe(TOPICS.cmd("+"), lambda m: port.publish(
         m.response_topic or "", b"pong", qos=1, correlation_data=m.correlation_data))
     replies: list[mqtt.MQTTMessage] = []
+    subscribed = threading.Event()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_message = lambda c, u, msg: replies.append(msg)
+    client.on_subscribe = lambda *a: subscribed.set()
     client.connect("127.0.0.1", mosquitto.port)
     client.loop_start()
     client.subscribe("reply/me", qos=1)
-    time.sleep(0.2)
+    assert subscribed.wait(5)
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "reply/me"
     props.CorrelationData = b"req-42"
-    client.publish(TOPICS.cmd("ping"), b"{}", qos=1, properties=props)
-    wait_until(lambda: bool(replies), 5, "reply")
+    deadline = time.monotonic() + 5
+    while not replies and time.monotonic() < deadline:  # until the port's SUBACK is in
+        client.publish(TOPICS.cmd("ping"), b"{}", qos=1, properties=props)
+        wait_until_or(lambda: bool(replies), 0.2)
     assert replies[0].payload == b"pong"
     assert replies[0].properties.CorrelationData == b"req-42"
-    client.loop_stop()
     client.disconnect()
+    client.loop_stop()
 
 
 def test_refused_by_acl_is_set_aside_and_the_rest_flows(tmp_path: Path,
-                                                        make_port: PortFactory) -> None:
+                                                        make_port: PortFactory,
+                                                        collect: CollectorFactory) -> None:
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite edge/#\n")
     broker = Mosquitto(tmp_path / "b", extra_conf=[f"acl_file {acl}"]).start()
     try:
-        col = Collector(broker.port, TOPICS.labels)
+        col = collect(broker.port, TOPICS.labels)
         port = make_port(broker.port, protocol="5")
         for seq in range(20):
             port.publish_durable(TOPICS.labels, json.dumps({"seq": seq}).encode())
@@ -265,16 +284,16 @@ def test_refused_by_acl_is_set_aside_and_the_rest_flows(tmp_path: Path,
         dead = port.outbox.dead_letters()
         assert dead[0].item.topic == "forbidden/topic"
         assert "135" in dead[0].reason and "authori" in dead[0].reason.lower()
-        col.close()
     finally:
         broker.stop()
 
 
 def test_payload_above_the_broker_packet_limit_is_set_aside(tmp_path: Path,
-                                                            make_port: PortFactory) -> None:
+                                                            make_port: PortFactory,
+                                                            collect: CollectorFactory) -> None:
     broker = Mosquitto(tmp_path / "b", extra_conf=["max_packet_size 2000"]).start()
     try:
-        col = Collector(broker.port, TOPICS.labels)
+        col = collect(broker.port, TOPICS.labels)
         port = make_port(broker.port)
         port.publish_durable(TOPICS.labels, json.dumps({"seq": 0}).encode())
         port.publish_durable(TOPICS.labels, b"x" * 5000)
@@ -283,6 +302,5 @@ def test_payload_above_the_broker_packet_limit_is_set_aside(tmp_path: Path,
         assert labels(col) == [0, 1]
         wait_until(lambda: port.stats()["set_aside"] == 1, 5)
         assert "too large" in port.outbox.dead_letters()[0].reason
-        col.close()
     finally:
         broker.stop()

@@ -21,11 +21,18 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.mqtt import MqttPort
 from agent.outbox import Outbox
 from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
 from tests.support.tcp_proxy import TcpProxy
-from tests.test_mqtt import TOPICS, PortFactory, first_seen, make_port, wait_until
+from tests.test_mqtt import (
+    TOPICS,
+    CollectorFactory,
+    PortFactory,
+    collect,
+    first_seen,
+    make_port,
+    wait_until,
+)
 
-__all__ = ["make_port"]  # the fixture, shared with tests/test_mqtt.py
+__all__ = ["collect", "make_port"]  # fixtures shared with tests/test_mqtt.py
 
 
 class DurableSubscriber:
@@ -141,7 +148,8 @@ def test_broker_outage_loses_nothing(mosquitto: Mosquitto, subscriber: DurableSu
 def test_half_open_link_is_detected_and_recovered(mosquitto: Mosquitto,
                                                   subscriber: DurableSubscriber,
                                                   make_port: PortFactory,
-                                                  produce: type[Producer]) -> None:
+                                                  produce: type[Producer],
+                                                  collect: CollectorFactory) -> None:
     proxy = TcpProxy(mosquitto.port).start()
     changes: list[tuple[bool, str | None]] = []
     port = make_port(proxy.port, keepalive=2, connect_timeout_s=1.0,
@@ -160,14 +168,13 @@ def test_half_open_link_is_detected_and_recovered(mosquitto: Mosquitto,
     wait_until(lambda: port.outbox.depth < 5, 10, "backlog drained")
     total = producer.stop()
     assert first_seen(subscriber.wait_all(total)) == list(range(total))
-    status = Collector(mosquitto.port, TOPICS.status)
+    status = collect(mosquitto.port, TOPICS.status)
     try:
         # the broker would time out the swallowed connection 1.5 keepalives after the
         # swallow; the retained status must still say online after that
         time.sleep(max(0.0, swallowed_at + 1.5 * 2 + 0.5 - time.monotonic()))
         assert status.wait_topic(TOPICS.status)[-1].json()["state"] == "online"
     finally:
-        status.close()
         proxy.stop()
 
 

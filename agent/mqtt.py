@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _TICK_S = 0.05
 _EXPIRE_EVERY_S = 60.0
+_INBOX_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ class MqttPort:
         self._stopping = threading.Event()
         self._session: _Session | None = None
         self._handlers: list[tuple[str, int, Handler]] = []
-        self._inbox: queue.Queue[InboundMessage | None] = queue.Queue()
+        self._inbox: queue.Queue[InboundMessage | None] = queue.Queue(_INBOX_SIZE)
+        self._inbound_dropped = 0
         self._threads: list[threading.Thread] = []
         self._state, self._reason = STATE_ONLINE, None
         self._will = b""
@@ -173,7 +175,8 @@ class MqttPort:
                 info.wait_for_publish(0.4)
         self._stopping.set()
         self._wake.set()
-        self._inbox.put(None)
+        with contextlib.suppress(queue.Full):
+            self._inbox.put(None, timeout=0.1)
         session = self._session
         if session is not None:
             session.client.disconnect()
@@ -220,6 +223,7 @@ class MqttPort:
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "set_aside": self.outbox.set_aside_count,
+            "inbound_dropped": self._inbound_dropped,
             "last_error": self._last_error,
         }
 
@@ -449,10 +453,17 @@ class MqttPort:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
-        self._inbox.put(InboundMessage(
-            topic=msg.topic, payload=bytes(msg.payload),
-            response_topic=getattr(props, "ResponseTopic", None),
-            correlation_data=getattr(props, "CorrelationData", None), retain=bool(msg.retain)))
+        try:
+            self._inbox.put_nowait(InboundMessage(
+                topic=msg.topic, payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None),
+                correlation_data=getattr(props, "CorrelationData", None),
+                retain=bool(msg.retain)))
+        except queue.Full:
+            self._inbound_dropped += 1
+            if self._inbound_dropped % 1000 == 1:
+                log.warning("handlers are %d messages behind: dropped %d inbound messages",
+                            _INBOX_SIZE, self._inbound_dropped)
 
     def _run_handlers(self) -> None:
         while (message := self._inbox.get()) is not None:

@@ -73,6 +73,20 @@ class MqttOptions:
     max_inflight: int = 100
     connect_timeout_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        checks = [("protocol", self.protocol in ("3.1.1", "5"), "must be 3.1.1 or 5"),
+                  ("port", 0 < self.port < 65536, "must be 1-65535"),
+                  ("qos", self.qos in (0, 1, 2), "must be 0, 1 or 2"),
+                  ("keepalive", self.keepalive >= 0, "must be >= 0"),
+                  ("max_inflight", self.max_inflight >= 1, "must be >= 1"),
+                  ("reconnect_min_s", 0 < self.reconnect_min_s <= self.reconnect_max_s,
+                   "must be > 0 and <= reconnect_max_s"),
+                  ("drain_rate_per_s", self.drain_rate_per_s >= 0, "must be >= 0 (0: unpaced)")]
+        problems = [f"mqtt.{key}: {getattr(self, key)!r}: {what}" for key, ok, what in checks
+                    if not ok]
+        if problems:
+            raise ConfigError(problems)
+
 
 @dataclass(frozen=True)
 class InboundMessage:

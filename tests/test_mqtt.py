@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.contract import Topics
+from agent.errors import ConfigError
 from agent.mqtt import InboundMessage, MqttOptions, MqttPort
 from agent.outbox import Outbox
 from tests.support.broker import Mosquitto
@@ -156,6 +157,7 @@ def test_stop_publishes_stopped_and_no_last_will(mosquitto: Mosquitto,
 CHILD = """
 import sys, time
 from agent.contract import Topics
+from agent.errors import ConfigError
 from agent.mqtt import MqttOptions, MqttPort
 from agent.outbox import Outbox
 port = MqttPort(MqttOptions(port=int(sys.argv[1])), Topics("edge", "dev1"),
@@ -304,3 +306,11 @@ def test_payload_above_the_broker_packet_limit_is_set_aside(tmp_path: Path,
         assert "too large" in port.outbox.dead_letters()[0].reason
     finally:
         broker.stop()
+
+
+def test_options_refuse_bad_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        MqttOptions(protocol="4", qos=3, reconnect_min_s=60)  # type: ignore[arg-type]
+    assert info.value.problems == [
+        "mqtt.protocol: '4': must be 3.1.1 or 5", "mqtt.qos: 3: must be 0, 1 or 2",
+        "mqtt.reconnect_min_s: 60: must be > 0 and <= reconnect_max_s"]

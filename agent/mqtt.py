@@ -320,7 +320,9 @@ class MqttPort:
         session.started = session.last_inbound = time.monotonic()
         session.client.loop_start()
         closed_checks = 0
-        while not session.ended.wait(0.5) and closed_checks < 3:
+        while not session.ended.wait(0.2) and closed_checks < 5:
+            if self._stopping.is_set():  # stop() raced with this connection
+                session.client.disconnect()
             closed_checks = closed_checks + 1 if session.client.socket() is None else 0
         session.client.loop_stop()
 

@@ -314,3 +314,17 @@ def test_options_refuse_bad_values() -> None:
     assert info.value.problems == [
         "mqtt.protocol: '4': must be 3.1.1 or 5", "mqtt.qos: 3: must be 0, 1 or 2",
         "mqtt.reconnect_min_s: 60: must be > 0 and <= reconnect_max_s"]
+
+
+def test_stop_while_the_broker_is_unreachable_is_quick(mosquitto: Mosquitto,
+                                                        make_port: PortFactory) -> None:
+    mosquitto.stop()
+    port = make_port(mosquitto.port, start=False)
+    port.start()
+    wait_until(lambda: "cannot connect" in (port.stats()["last_error"] or ""), 5)
+    assert not port.publish(TOPICS.stats, b"{}")  # best effort: not queued anywhere
+    item_id = port.publish_durable(TOPICS.labels, b'{"seq": 0}')
+    started = time.monotonic()
+    port.stop()
+    assert time.monotonic() - started < 1.0
+    assert [i.id for i in port.outbox.peek(10)] == [item_id]  # kept for the next run

@@ -42,9 +42,11 @@ class AgentSetup:
             "device": {"id": DEVICE, "prefix": "edge"},
             "mqtt": {"host": "127.0.0.1", "port": port, "qos": self.qos, "keepalive_s": 10},
             "outbox": {"enabled": self.outbox},
-            "model": {"manifest": str(self.manifest), "num_threads": self.num_threads},
-            "sources": [{"type": "camera", "name": "cam", "uri": str(self.video), "loop": True,
-                         "realtime": self.realtime, "target_fps": self.target_fps}],
+            "model": {"manifest": str(self.manifest.resolve()),
+                      "num_threads": self.num_threads},
+            "sources": [{"type": "camera", "name": "cam", "uri": str(self.video.resolve()),
+                         "loop": True, "realtime": self.realtime,
+                         "target_fps": self.target_fps}],
             "pipeline": {"max_frame_age_ms": self.max_frame_age_ms},
             "publish": {"stats_interval_s": self.stats_interval_s},
             "state_dir": str(workdir / "state"),
@@ -120,13 +122,14 @@ class Subscriber:
 class AgentProcess:
     """``python -m agent.cli run`` (what the ``edge-agent`` script runs) as a child."""
 
-    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, extra_env: dict[str, str] | None = None,
+                 prelude: str | None = None) -> None:
         self.log_path = config.with_suffix(".log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         self.started_at = time.time()
         self.started_mono = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+        self.proc = subprocess.Popen([*agent_command(prelude), "run", "--config",
                                       str(config)], cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
 
@@ -151,6 +154,16 @@ class AgentProcess:
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+
+def agent_command(prelude: str | None = None) -> list[str]:
+    """``python -m agent.cli``; with a prelude, the same entry point after running that code
+    (to measure a process-wide setting, e.g. ``cv2.setNumThreads(1)``, without editing the
+    agent)."""
+    if not prelude:
+        return [sys.executable, "-m", "agent.cli"]
+    code = f"{prelude}\nimport sys\nfrom agent.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code]
 
 
 def fps_window(stats: list[dict[str, Any]], skip: int = 2) -> dict[str, float]:

@@ -254,7 +254,12 @@ class MqttPort:
         if correlation_data is not None and self.options.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
-        info = session.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        try:
+            info = session.client.publish(topic, payload, qos=qos, retain=retain,
+                                          properties=props)
+        except ValueError as exc:  # a topic with wildcards, an empty topic, a huge payload
+            log.warning("not published to %r: %s", topic, exc)
+            return None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
         self._delivery.direct(session.gen, info.mid)

@@ -328,3 +328,11 @@ def test_stop_while_the_broker_is_unreachable_is_quick(mosquitto: Mosquitto,
     port.stop()
     assert time.monotonic() - started < 1.0
     assert [i.id for i in port.outbox.peek(10)] == [item_id]  # kept for the next run
+
+
+def test_direct_publish_to_a_bad_topic_returns_false(mosquitto: Mosquitto,
+                                                     make_port: PortFactory) -> None:
+    port = make_port(mosquitto.port)
+    assert not port.publish("edge/+/oops", b"{}")
+    assert not port.publish("", b"{}")
+    assert port.publish(TOPICS.stats, b"{}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from functools import lru_cache
 from typing import Any
 
 from agent import __version__
@@ -12,11 +14,40 @@ from agent.records import Result
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+@lru_cache(maxsize=4096)
+def _json_str(text: str) -> str:
+    """A JSON string literal; labels, sources, names and run ids repeat, so they are cached."""
+    return _dumps(text)
+
+
 def labels_payload(result: Result, run_id: str, now: float | None = None,
                    mono_now: float | None = None) -> bytes:
-    """One labels message. Latencies use the monotonic clock; timestamps the wall clock."""
+    """One labels message. Latencies use the monotonic clock; timestamps the wall clock.
+
+    Written with one f-string (about 3x faster than building a dict and encoding it); the
+    bytes are the same as ``labels_body`` through the JSON encoder, which is still used
+    when a number is not finite.
+    """
     now = time.time() if now is None else now
     mono_now = time.monotonic() if mono_now is None else mono_now
+    r = result
+    nums = (round(now, 6), round(r.frame_ts, 6), round(r.inference_ms, 3),
+            round(r.preprocess_ms, 3), round((mono_now - r.frame_mono) * 1000.0, 3))
+    if not all(map(math.isfinite, nums)) or not all(
+            math.isfinite(ls.score) for ls in r.labels):
+        return _dumps(labels_body(result, run_id, now, mono_now)).encode()
+    labels = ",".join(f'{{"label":{_json_str(ls.label)},"index":{ls.index!r},'
+                      f'"score":{ls.score!r}}}' for ls in r.labels)
+    return (f'{{"seq":{r.seq!r},"run_id":{_json_str(run_id)},"ts":{nums[0]!r},'
+            f'"frame_ts":{nums[1]!r},"source":{_json_str(r.source)},'
+            f'"frame_index":{r.frame_index!r},"model":{{"name":{_json_str(r.model_name)},'
+            f'"version":{_json_str(r.model_version)}}},"labels":[{labels}],'
+            f'"inference_ms":{nums[2]!r},"preprocess_ms":{nums[3]!r},'
+            f'"capture_to_publish_ms":{nums[4]!r}}}').encode()
+
+
+def labels_body(result: Result, run_id: str, now: float, mono_now: float) -> dict[str, Any]:
+    """The labels message as a dict (the reference for ``labels_payload``)."""
     body = {
         "seq": result.seq,
         "run_id": run_id,
@@ -31,7 +62,7 @@ def labels_payload(result: Result, run_id: str, now: float | None = None,
         "preprocess_ms": round(result.preprocess_ms, 3),
         "capture_to_publish_ms": round((mono_now - result.frame_mono) * 1000.0, 3),
     }
-    return _dumps(body).encode()
+    return body
 
 
 def status_body(state: str, *, device: str, groups: list[str], model: dict[str, Any] | None,

@@ -10,6 +10,9 @@ import numpy as np
 from agent.contract import OutputSpec
 from agent.records import LabelScore
 
+SMALL_OUTPUT = 64
+"""Outputs up to this many classes take the short top-k path."""
+
 
 class Postprocessor:
     def __init__(self, spec: OutputSpec, labels: list[str], top_k: int = 3,
@@ -38,12 +41,32 @@ class Postprocessor:
         return x
 
     def __call__(self, raw: np.ndarray) -> tuple[LabelScore, ...]:
+        if not self._logits and raw.size <= SMALL_OUTPUT:
+            return self._top_k_small(raw.reshape(-1))
         s = self.scores(raw)
         k = self.top_k
         idx = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
         idx = idx[np.argsort(-s[idx], kind="stable")]
         return tuple(LabelScore(self.labels[i], int(i), round(float(s[i]), 6))
                      for i in idx if s[i] >= self.min_score)
+
+    def _top_k_small(self, raw: np.ndarray) -> tuple[LabelScore, ...]:
+        """Top-k of a short probability vector without whole-array numpy work.
+
+        Dequantizing is monotonic (the scale is positive), so the order of the raw values
+        is the order of the scores; only the k winners are dequantized, with the same
+        float32 arithmetic as ``scores``. Ties keep index order.
+        """
+        values = raw.tolist()
+        order = sorted(range(len(values)), key=values.__getitem__, reverse=True)[:self.top_k]
+        picked = raw[order]
+        if self._scale is not None:
+            picked = (picked.astype(np.float32) - self._zero) * np.float32(self._scale)
+        elif picked.dtype != np.float32:
+            picked = picked.astype(np.float32)
+        return tuple(LabelScore(self.labels[i], i, round(s, 6))
+                     for i, s in zip(order, picked.tolist(), strict=True)
+                     if s >= self.min_score)
 
 
 class ChangeFilter:

@@ -69,9 +69,22 @@ def _pairs(old: dict[str, ModuleType], frames: list[np.ndarray], manifests: list
             lambda p=pb, r=raw: p(r), lambda p=pa, r=raw: p(r))
     labels = tuple(LabelScore(str(i), i, 0.1 * i) for i in range(3))
     result = Result(7, "cam", 3, time.time(), time.monotonic(), labels, 0.4, 0.1, "m", "1")
-    pairs["labels payload (JSON)"] = (lambda: old["payloads"].labels_payload(result, "r"),
-                                      lambda: payloads.labels_payload(result, "r"))
+    now, mono = time.time(), time.monotonic()
+    pairs["labels payload (JSON)"] = (
+        lambda: old["payloads"].labels_payload(result, "r", now, mono),
+        lambda: payloads.labels_payload(result, "r", now, mono))
     return pairs
+
+
+def _difference(before: Any, after: Any) -> str:
+    """How the two outputs differ: 'identical', or the largest difference."""
+    if isinstance(before, np.ndarray):
+        d = float(np.max(np.abs(before.astype(np.float64) - after.astype(np.float64))))
+        return "identical" if d == 0 else f"max abs diff {d:g} (input units)"
+    if isinstance(before, tuple):
+        same = [x.score for x in before] == [x.score for x in after]
+        return "identical" if before == after else ("same scores" if same else "DIFFERENT")
+    return "identical" if before == after else "DIFFERENT"
 
 
 def compare(video: Path, manifests: list[Path], rounds: int, budget_s: float
@@ -81,6 +94,7 @@ def compare(video: Path, manifests: list[Path], rounds: int, budget_s: float
         old = {name: baseline_module(f"agent/{name}.py", f"baseline_{name}", Path(tmp))
                for name in ("preprocess", "postprocess", "payloads")}
         pairs = _pairs(old, frames, manifests)
+        diffs = {k: _worst_difference(b, a, len(frames)) for k, (b, a) in pairs.items()}
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in pairs}
         for _ in range(rounds):
             for name, (before, after) in pairs.items():
@@ -89,5 +103,17 @@ def compare(video: Path, manifests: list[Path], rounds: int, budget_s: float
     rows = []
     for name, pairs_t in times.items():
         b, a = median([t[0] for t in pairs_t]), median([t[1] for t in pairs_t])
-        rows.append({"stage": name, "before_us": b, "after_us": a, "speedup": b / a})
+        rows.append({"stage": name, "before_us": b, "after_us": a, "speedup": b / a,
+                     "output": diffs[name]})
     return rows
+
+
+def _worst_difference(before: Callable[[], Any], after: Callable[[], Any], calls: int) -> str:
+    worst = "identical"
+    for _ in range(calls):
+        b = before()
+        b = b.copy() if isinstance(b, np.ndarray) else b
+        d = _difference(b, after())
+        if d != "identical":
+            worst = d
+    return worst

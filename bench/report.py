@@ -104,8 +104,9 @@ def quant_md(rows: list[dict[str, Any]]) -> str:
 
 def hotpath_md(rows: list[dict[str, Any]]) -> str:
     body = [[r["stage"], fmt(r["before_us"], ".1f"), fmt(r["after_us"], ".1f"),
-             fmt(r["speedup"], ".2f") + "x"] for r in rows]
-    return _table(["stage (one call)", "before us", "after us", "speedup"], body)
+             fmt(r["speedup"], ".2f") + "x", r.get("output", "-")] for r in rows]
+    return _table(["stage (one call)", "before us", "after us", "speedup", "output after vs "
+                   "before"], body)
 
 
 SECTIONS = (

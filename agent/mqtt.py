@@ -102,6 +102,10 @@ StatusPayload = Callable[[str, "str | None"], dict[str, Any]]
 ConnectionListener = Callable[[bool, "str | None"], None]
 
 
+def _valid_topic(topic: str) -> bool:
+    return bool(topic) and "+" not in topic and "#" not in topic
+
+
 class _Client(mqtt.Client):
     """paho's client with a shorter network-loop tick, so keepalive pings go out on time."""
 
@@ -211,6 +215,8 @@ class MqttPort:
 
     def publish_durable(self, topic: str, payload: bytes, qos: int | None = None) -> int:
         """Queue in the outbox (survives outages and restarts); returns the outbox id."""
+        if not _valid_topic(topic):
+            raise ValueError(f"cannot publish to {topic!r}: empty or has a wildcard")
         item_id = self.outbox.put(topic, payload, self.options.qos if qos is None else qos)
         self._wake.set()
         return item_id
@@ -250,6 +256,9 @@ class MqttPort:
         session = self._session
         if session is None or not session.connected:
             return None  # never let paho queue it in memory
+        if not _valid_topic(topic):
+            log.warning("not published to %r: empty or has a wildcard", topic)
+            return None
         props = None
         if correlation_data is not None and self.options.protocol == "5":
             props = Properties(PacketTypes.PUBLISH)
@@ -257,7 +266,7 @@ class MqttPort:
         try:
             info = session.client.publish(topic, payload, qos=qos, retain=retain,
                                           properties=props)
-        except ValueError as exc:  # a topic with wildcards, an empty topic, a huge payload
+        except ValueError as exc:  # a payload above the MQTT limit
             log.warning("not published to %r: %s", topic, exc)
             return None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

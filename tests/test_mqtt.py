@@ -336,3 +336,5 @@ def test_direct_publish_to_a_bad_topic_returns_false(mosquitto: Mosquitto,
     assert not port.publish("edge/+/oops", b"{}")
     assert not port.publish("", b"{}")
     assert port.publish(TOPICS.stats, b"{}")
+    with pytest.raises(ValueError, match="wildcard"):
+        port.publish_durable("edge/#", b"{}")

@@ -248,7 +248,11 @@ class MqttPort:
         }
 
     def _publish_status(self) -> mqtt.MQTTMessageInfo | None:
-        body = json.dumps(self._status_payload(self._state, self._reason)).encode()
+        try:
+            body = json.dumps(self._status_payload(self._state, self._reason)).encode()
+        except Exception:
+            log.exception("status_payload(%r) failed; status not published", self._state)
+            return None
         return self._direct(self.topics.status, body, 1, True, None)
 
     def _direct(self, topic: str, payload: bytes, qos: int, retain: bool,

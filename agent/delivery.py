@@ -1,13 +1,6 @@
 """Agent side of model delivery: receive a pushed model, verify it, load it, hand it over.
 
-Wire format (MQTT 3.1.1 compatible; see docs/DEPLOY.md), on ``<base>/model/<part>`` and
-``<prefix>/group/<g>/model/<part>``:
-
-* ``manifest``: JSON ``{"push_id", "manifest", "signature", "chunk_size", "chunks"}``
-* ``chunk``: binary ``b"EMC1" | u8 len(push_id) | push_id (ASCII) | u32 BE index | bytes``
-* ``commit``: JSON ``{"push_id"}``
-
-``handle()`` runs on the MQTT network thread and only enqueues; one worker thread owns all
+The wire format is in ``agent/wire.py``. ``handle()`` runs on the MQTT network thread and only enqueues; one worker thread owns all
 push state, writes chunks, verifies, loads and warms the model, so the network thread is never
 blocked for long. Every outcome is one result dict passed to ``publish_result``.
 """
@@ -19,9 +12,7 @@ import logging
 import math
 import os
 import queue
-import re
 import shutil
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -43,53 +34,23 @@ from agent.engine import DelegateSpec, Engine
 from agent.errors import DeployError, EdgeError
 from agent.models import MANIFEST_NAME, SIGNATURE_NAME, InstalledModel, ModelStore
 from agent.signing import KeySpec, load_trusted_keys, verify_manifest
+from agent.wire import (
+    PART_FILE,
+    PARTS,
+    RESULT_ERROR,
+    RESULT_NOOP,
+    RESULT_OK,
+    RESULT_REFUSED,
+    Refused,
+    decode_chunk,
+    json_object,
+    push_id_of,
+)
 
 log = logging.getLogger(__name__)
 
-CHUNK_MAGIC = b"EMC1"
-PUSH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-PARTS = ("manifest", "chunk", "commit")
-PART_FILE = ".model.part"
 MAX_PUSHES = 4
 FINISHED_MEMORY = 256
-
-RESULT_OK, RESULT_REFUSED, RESULT_NOOP, RESULT_ERROR = "ok", "refused", "noop", "error"
-
-
-class Refused(DeployError):
-    """A push is refused; the message is the reason sent back to the pusher."""
-
-
-# --------------------------------------------------------------------------- wire format
-
-
-def encode_chunk(push_id: str, index: int, data: bytes) -> bytes:
-    pid = push_id.encode("ascii")
-    return CHUNK_MAGIC + struct.pack(">B", len(pid)) + pid + struct.pack(">I", index) + data
-
-
-def decode_chunk(payload: bytes) -> tuple[str, int, bytes]:
-    if len(payload) < 10 or payload[:4] != CHUNK_MAGIC:
-        raise Refused("chunk does not start with the EMC1 header")
-    n = payload[4]
-    end = 5 + n
-    if len(payload) < end + 4:
-        raise Refused("chunk header is truncated")
-    push_id = payload[5:end].decode("ascii", errors="replace")
-    (index,) = struct.unpack(">I", payload[end:end + 4])
-    return push_id, index, payload[end + 4:]
-
-
-def manifest_message(push_id: str, manifest: dict[str, Any], signature: str,
-                     chunk_size: int) -> bytes:
-    chunks = math.ceil(int(manifest["size_bytes"]) / chunk_size)
-    return json.dumps({"push_id": push_id, "manifest": manifest, "signature": signature,
-                       "chunk_size": chunk_size, "chunks": chunks}).encode()
-
-
-def commit_message(push_id: str) -> bytes:
-    return json.dumps({"push_id": push_id}).encode()
-
 
 # --------------------------------------------------------------------------- push state
 
@@ -113,23 +74,6 @@ class _Push:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _json_object(payload: bytes, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"{what} message is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise Refused(f"{what} message must be a JSON object")
-    return data
-
-
-def _push_id(data: dict[str, Any]) -> str:
-    pid = data.get("push_id")
-    if not isinstance(pid, str) or not PUSH_ID_RE.match(pid):
-        raise Refused(f"push_id {pid!r} must match {PUSH_ID_RE.pattern}")
-    return pid
 
 
 def warm_up(engine: Engine) -> float:
@@ -242,8 +186,8 @@ class ModelReceiver:
     def _report_error(self, item: tuple[str, str, bytes], exc: Exception) -> None:
         via, part, payload = item
         try:
-            pid = decode_chunk(payload)[0] if part == "chunk" else _push_id(
-                _json_object(payload, part))
+            pid = decode_chunk(payload)[0] if part == "chunk" else push_id_of(
+                json_object(payload, part))
         except Refused:
             return
         reason = f"agent error: {type(exc).__name__}: {exc}"
@@ -258,8 +202,8 @@ class ModelReceiver:
 
     def _on_manifest(self, via: str, payload: bytes) -> None:
         try:
-            data = _json_object(payload, "manifest")
-            push_id = _push_id(data)
+            data = json_object(payload, "manifest")
+            push_id = push_id_of(data)
         except Refused as exc:
             self._result(None, None, via, RESULT_REFUSED, str(exc))
             return
@@ -363,7 +307,7 @@ class ModelReceiver:
 
     def _on_commit(self, via: str, payload: bytes) -> None:
         try:
-            push_id = _push_id(_json_object(payload, "commit"))
+            push_id = push_id_of(json_object(payload, "commit"))
         except Refused as exc:
             self._result(None, None, via, RESULT_REFUSED, str(exc))
             return

@@ -1,8 +1,9 @@
 """Agent side of model delivery: receive a pushed model, verify it, load it, hand it over.
 
-The wire format is in ``agent/wire.py``. ``handle()`` runs on the MQTT network thread and only enqueues; one worker thread owns all
-push state, writes chunks, verifies, loads and warms the model, so the network thread is never
-blocked for long. Every outcome is one result dict passed to ``publish_result``.
+The wire format is in ``agent/wire.py``. ``handle()`` runs on the MQTT network thread and only
+enqueues; one worker thread owns all push state, writes chunks, verifies, loads and warms the
+model, so the network thread is never blocked for long. Every outcome is one result dict
+passed to ``publish_result``.
 """
 
 from __future__ import annotations

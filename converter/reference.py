@@ -227,7 +227,10 @@ def conversion_args(which: str, data: Dataset, keras_path: Path, sets: dict[str,
         return [*args, "--name", "digits_cnn", "--color", "gray", "--resize", "stretch",
                 "--mean", "0", "--std", "255"]
     mean, std = feature_stats(data.x_train)
+    # Unrolled: runs under XNNPACK, keeps no state between windows, and does not depend on
+    # the optional tf-keras package, so `make models` gives the same graph everywhere.
     return [*args, "--name", "gestures_lstm", "--stride", str(GESTURE_STEPS),
+            "--lstm-path", "unrolled",
             "--mean", *map(str, mean), "--std", *map(str, std)]
 
 

@@ -6,7 +6,7 @@
   client drops that copy, so the outbox is the only queue and a new connection resends
   from the outbox, in order. Duplicates are possible; consumers dedupe on run_id + seq.
 * **Outbox sender.** A sender thread publishes outbox items in order while connected,
-  within the window kept by ``outbox.Delivery`` (``max_inflight``, slow start after a
+  within the window kept by ``inflight.Delivery`` (``max_inflight``, slow start after a
   dropped link, paced backlog, poison-message strikes). An item leaves the outbox only when
   its PUBACK arrives; a PUBACK with a failure code (MQTT 5, e.g. 135 Not authorized) sets it
   aside. Under MQTT 3.1.1 the broker drops refused messages silently: they count as sent.
@@ -31,9 +31,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -43,63 +42,23 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contract import STATE_OFFLINE, STATE_ONLINE, STATE_STOPPED, Topics
 from agent.errors import ConfigError
-from agent.outbox import Delivery, Outbox, OutboxItem
+from agent.inflight import Delivery
+from agent.mqtt_types import (
+    ConnectionListener,
+    Handler,
+    InboundMessage,
+    MqttOptions,
+    StatusPayload,
+)
+from agent.outbox import Outbox, OutboxItem
+
+__all__ = ["InboundMessage", "MqttOptions", "MqttPort"]
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.05
 _EXPIRE_EVERY_S = 60.0
 _INBOX_SIZE = 10_000
-
-
-@dataclass(frozen=True)
-class MqttOptions:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str | None = None  # default: edge-agent-<prefix>-<device id>
-    protocol: Literal["3.1.1", "5"] = "5"
-    keepalive: int = 30
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-    qos: int = 1
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    drain_rate_per_s: float = 500.0  # 0: unpaced
-    max_inflight: int = 100
-    connect_timeout_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        checks = [("protocol", self.protocol in ("3.1.1", "5"), "must be 3.1.1 or 5"),
-                  ("port", 0 < self.port < 65536, "must be 1-65535"),
-                  ("qos", self.qos in (0, 1, 2), "must be 0, 1 or 2"),
-                  ("keepalive", self.keepalive >= 0, "must be >= 0"),
-                  ("max_inflight", self.max_inflight >= 1, "must be >= 1"),
-                  ("reconnect_min_s", 0 < self.reconnect_min_s <= self.reconnect_max_s,
-                   "must be > 0 and <= reconnect_max_s"),
-                  ("drain_rate_per_s", self.drain_rate_per_s >= 0, "must be >= 0 (0: unpaced)")]
-        problems = [f"mqtt.{key}: {getattr(self, key)!r}: {what}" for key, ok, what in checks
-                    if not ok]
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
-class InboundMessage:
-    topic: str
-    payload: bytes
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    retain: bool = False
-
-
-Handler = Callable[[InboundMessage], None]
-StatusPayload = Callable[[str, "str | None"], dict[str, Any]]
-ConnectionListener = Callable[[bool, "str | None"], None]
 
 
 def _valid_topic(topic: str) -> bool:

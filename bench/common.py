@@ -161,3 +161,42 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
     return format(v, spec)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _machine_busy_seconds() -> float:
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class LoadMeter:
+    """Cores used during a phase: by the processes we own, and by everything else.
+
+    Other sessions share this machine; the 'foreign' figure says how much of it they used
+    while we measured (``start`` / ``stop`` around the phase).
+    """
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = [os.getpid(), *pids]
+        self.ours = self.foreign = float("nan")
+
+    def start(self) -> LoadMeter:
+        self._t0 = time.monotonic()
+        self._busy0 = _machine_busy_seconds()
+        self._ours0 = sum(_cpu_seconds(p) for p in self.pids)
+        return self
+
+    def stop(self) -> dict[str, float]:
+        dt = max(time.monotonic() - self._t0, 1e-6)
+        ours = (sum(_cpu_seconds(p) for p in self.pids) - self._ours0) / dt
+        busy = (_machine_busy_seconds() - self._busy0) / dt
+        self.ours, self.foreign = ours, max(0.0, busy - ours)
+        return {"our_cores": ours, "foreign_cores": self.foreign}

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.agentrun import AgentProcess, AgentSetup, Subscriber, fps_window
 from bench.common import DATA, broker, make_video
+from bench.experiments import VARIANTS
 
 
 @dataclass
@@ -60,9 +61,11 @@ def _short(frame: str) -> str:
     return f"{name} ({file})" if file else name
 
 
-def summary(threads: dict[str, ThreadProfile], top: int = 12) -> str:
+def summary(threads: dict[str, ThreadProfile], top: int = 12,
+            possible: int | None = None) -> str:
     total = sum(p.samples for p in threads.values()) or 1
-    lines = [f"{total} on-CPU samples"]
+    lines = [f"{total} samples" + (f" of {possible} sampling instants "
+                                   f"({100.0 * total / possible:.0f}%)" if possible else "")]
     for name, prof in sorted(threads.items(), key=lambda kv: -kv[1].samples):
         if prof.samples < total * 0.01:
             continue
@@ -79,26 +82,29 @@ def summary(threads: dict[str, ThreadProfile], top: int = 12) -> str:
 
 
 def profile_agent(manifest: Path, seconds: float, native: bool, rate: int = 200,
-                  warmup_stats: int = 3) -> tuple[str, dict[str, float]]:
+                  warmup_stats: int = 3, prelude: str | None = None, gil: bool = False
+                  ) -> tuple[str, dict[str, float]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="bench-prof-") as tmp, broker() as mq:
         video = make_video(Path(tmp) / "scene.avi")
         cfg = AgentSetup(manifest, video).config(Path(tmp) / "agent", mq.port)
         sub = Subscriber(mq.port)
-        agent = AgentProcess(cfg)
+        agent = AgentProcess(cfg, prelude=prelude)
         try:
             if not sub.wait_stats(warmup_stats, 60):
                 raise RuntimeError(f"agent published no stats:\n{agent.log_tail()}")
             out = Path(tmp) / "raw.txt"
             cmd = [spy, "record", "--pid", str(agent.pid), "--duration", str(int(seconds)),
                    "--rate", str(rate), "--format", "raw", "--threads", "--nonblocking",
-                   "--output", str(out)] + (["--native"] if native else [])
+                   "--output", str(out)] + (["--native"] if native else []) + (
+                       ["--gil"] if gil else [])
             subprocess.run(cmd, check=True, capture_output=True)
             text = out.read_text()
         finally:
             agent.stop()
             sub.close()
-    return summary(parse_raw(text)), fps_window(sub.stats, skip=warmup_stats - 1)
+    return (summary(parse_raw(text), possible=int(seconds * rate)),
+            fps_window(sub.stats, skip=warmup_stats - 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--model", type=Path, default=DATA / "digits_cnn.json")
     parser.add_argument("--native", action="store_true", help="include C frames")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL (who holds it, and for what)")
+    parser.add_argument("--variant", choices=list(VARIANTS), default=next(iter(VARIANTS)),
+                        help="a prototyped change from bench.experiments")
     args = parser.parse_args(argv)
-    text, fps = profile_agent(args.model, args.seconds, args.native)
+    text, fps = profile_agent(args.model, args.seconds, args.native,
+                              prelude=VARIANTS[args.variant], gil=args.gil)
     print(text)
     print(f"\nagent while sampled: fps_out {fps['fps_out']:.0f}, fps_in {fps['fps_in']:.0f}")
     return 0

@@ -28,16 +28,21 @@ def machine_md(m: dict[str, Any], command: str, elapsed_s: float) -> str:
 
 def e2e_md(rows: list[dict[str, Any]]) -> str:
     head = ["model", "threads", "decode/s", "decode/s, other core busy", "preprocess/s",
-            "invoke/s", "limit", "agent fps_in", "agent fps_out", "fps_out / limit",
-            "fps_out / contended limit", "target >= 0.85"]
+            "invoke/s", "pre+invoke+post+payload in series/s", "limit", "agent fps_in",
+            "agent fps_out", "fps_out / limit", "fps_out / contended limit",
+            "fps_out / min(decode, series)", "other sessions' load, cores (stages / agent)",
+            "target >= 0.85"]
     body = []
     for r in rows:
         m = r["median"]
         body.append([r["model"], str(r["threads"]), fmt(m["decode_per_s"], ".0f"),
                      fmt(m["decode_other_core_busy_per_s"], ".0f"),
                      fmt(m["preprocess_per_s"], ".0f"), fmt(m["invoke_per_s"], ".0f"),
-                     m["limit_stage"], fmt(m["fps_in"], ".0f"), fmt(m["fps_out"], ".0f"),
-                     fmt(m["ratio"], ".2f"), fmt(m["ratio_contended"], ".2f"),
+                     fmt(m["serial_per_s"], ".0f"), m["limit_stage"], fmt(m["fps_in"], ".0f"),
+                     fmt(m["fps_out"], ".0f"), fmt(m["ratio"], ".2f"),
+                     fmt(m["ratio_contended"], ".2f"), fmt(m["ratio_design"], ".2f"),
+                     f"{fmt(m.get('stages_foreign_cores'), '.2f')} / "
+                     f"{fmt(m.get('agent_foreign_cores'), '.2f')}",
                      _mark(m["ratio"] >= 0.85)])
     return _table(head, body)
 

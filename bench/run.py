@@ -82,14 +82,15 @@ def pick(rows: list[dict[str, Any]], families: dict[str, list[Variant]],
     return next(v for v in families[family] if v.mode == best["mode"])
 
 
-def run_e2e(plan: Plan, port: int, chosen: dict[str, Variant], video: Path,
+def run_e2e(plan: Plan, mq: Any, chosen: dict[str, Variant], video: Path,
             work: Path) -> list[dict[str, Any]]:
     rows = []
     for family, threads in plan.e2e_targets():
         v = chosen[family]
         log(f"a. {v.key} at {threads} thread(s)")
-        res = e2e.against_limit(port, v.manifest, video, threads, work / f"e2e-{family}-{threads}",
-                                plan.e2e_rounds, plan.e2e_seconds)
+        res = e2e.against_limit(mq.port, v.manifest, video, threads,
+                                work / f"e2e-{family}-{threads}", plan.e2e_rounds,
+                                plan.e2e_seconds, broker_pid=mq.proc.pid)
         rows.append({"model": v.key, "threads": threads, **res})
     return rows
 
@@ -144,7 +145,7 @@ def run_all(plan: Plan, out: Path) -> dict[str, Any]:
                                          rounds=2 if plan.quick else 5,
                                          budget_s=0.2 if plan.quick else 0.4)
     with broker() as mq:
-        results["e2e"] = run_e2e(plan, mq.port, chosen, video, work)
+        results["e2e"] = run_e2e(plan, mq, chosen, video, work)
         results["latency"] = run_latency(plan, mq.port, chosen, video, work)
         results["footprint"] = run_footprint(plan, mq.port, chosen, video, work)
         log("e. publishing")

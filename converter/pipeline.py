@@ -135,6 +135,8 @@ def prepare(opts: ConvertOptions) -> tuple[ModelInfo, list[str], InputPrep, Data
                                             DataSet, np.ndarray]:
     """Inspect the model, load and check the data, compute the Keras reference outputs."""
     check_model_path(opts.model)
+    if opts.out.exists() and not opts.out.is_dir():
+        raise ConversionError(f"--out {opts.out}: exists and is not a folder")
     with worker.TensorFlowChild() as child:
         info = child.call(worker.inspect_model, str(opts.model), opts.allow_flex)
         labels = (load_labels(opts.labels, info.n_outputs) if opts.labels

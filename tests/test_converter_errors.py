@@ -106,3 +106,8 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     model.write_bytes(b"x")
     assert "--threads must be at least 1" in fails(capsys, tmp_path / "out", str(model),
                                                    "--threads", "0")
+    out_file = tmp_path / "file"
+    out_file.write_text("x")
+    assert main([str(model), "--out", str(out_file)]) != 0
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert out_file.read_text() == "x"

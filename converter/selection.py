@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 AUTO_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 CALIBRATED_MODES = ("int8", "int16x8", "mixed")
+TIE_MARGIN = 0.10  # latencies this close are within the timing noise of one run
 
 
 def candidates(opts: ConvertOptions, info: ModelInfo, has_calibration: bool,
@@ -80,15 +81,27 @@ def choose(results: list[ModeResult], opts: ConvertOptions) -> tuple[ModeResult,
         best = min(usable, key=lambda r: r.drop_points or 0.0)
         return best, (f"no mode stays within --max-drop {opts.max_drop} points; kept "
                       f"{best.key}, the most accurate (drop {best.drop_points} points)")
-    best = min(within, key=lambda r: _speed(r, opts.threads))
-    over = [f"{r.key} (drop {r.drop_points})" for r in usable if r not in within]
-    slower = sorted((r for r in within if r is not best), key=lambda r: _speed(r, opts.threads))
+    fastest = min(_speed(r, opts.threads) for r in within)
+    tied = [r for r in within if _speed(r, opts.threads) <= fastest * (1.0 + TIE_MARGIN)]
+    best = min(tied, key=_closeness)
     reason = (f"{best.key} is the fastest within --max-drop {opts.max_drop} points: p50 "
               f"{_speed(best, opts.threads):.3f} ms at {opts.threads} thread(s), drop "
-              f"{best.drop_points} points")
+              f"{best.drop_points} points, agreement {best.agreement}")
+    others = [r for r in tied if r is not best]
+    if others:
+        reason += (f"; as fast within {TIE_MARGIN:.0%} (timing noise): "
+                   + ", ".join(f"{r.key} {_speed(r, opts.threads):.3f} ms" for r in others)
+                   + ", so the closest to Keras, then the smallest, was kept")
+    slower = sorted((r for r in within if r not in tied), key=lambda r: _speed(r, opts.threads))
     if slower:
-        reason += "; next " + ", ".join(f"{r.key} {_speed(r, opts.threads):.3f} ms"
-                                        for r in slower[:3])
+        reason += "; slower: " + ", ".join(f"{r.key} {_speed(r, opts.threads):.3f} ms"
+                                           for r in slower[:3])
+    over = [f"{r.key} (drop {r.drop_points})" for r in usable if r not in within]
     if over:
         reason += "; over the drop budget: " + ", ".join(over)
     return best, reason
+
+
+def _closeness(r: ModeResult) -> tuple[float, float, int]:
+    """Rank equally fast results: least accuracy lost, most agreement, smallest file."""
+    return (max(r.drop_points or 0.0, 0.0), -(r.agreement or 0.0), r.size_bytes)

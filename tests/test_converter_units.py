@@ -126,3 +126,15 @@ def test_auto_refuses_loops_unless_allowed() -> None:
     set_drops([looped, clean], 0.98)
     opts = ConvertOptions(model=Path("m.keras"), out=Path("out"))
     assert choose([looped, clean], opts)[0].mode == "dynamic"
+
+
+def test_auto_breaks_latency_ties_by_closeness_to_keras() -> None:
+    fast_int8 = result("int8", 0.98, 0.100)
+    fast_int8.agreement = 0.99
+    fast_dynamic = result("dynamic", 0.98, 0.105)
+    slow = result("float32", 0.98, 0.30)
+    set_drops([fast_int8, fast_dynamic, slow], 0.98)
+    opts = ConvertOptions(model=Path("m.keras"), out=Path("out"))
+    best, reason = choose([fast_int8, fast_dynamic, slow], opts)
+    assert best.mode == "dynamic"
+    assert "as fast within 10%" in reason and "slower: float32" in reason

@@ -65,11 +65,71 @@ def _gray_ok(img, p):
 _capture._frame_problem = _gray_ok
 '''
 
+PUBLISH_THREAD = '''
+import logging
+import queue
+import threading
+
+import agent.app as _app
+
+_publish = _app.AgentApp._publish_result
+_results = queue.SimpleQueue()
+
+
+def _publisher():
+    while True:
+        app, result = _results.get()
+        try:
+            _publish(app, result)
+        except Exception:
+            logging.getLogger("bench").exception("publish failed")
+
+
+threading.Thread(target=_publisher, name="publisher", daemon=True).start()
+_app.AgentApp._publish_result = lambda self, result: _results.put((self, result))
+'''
+
+TIMED_CALLS = '''
+import atexit
+import json
+import os
+import time
+
+import agent.mqtt as _mqtt
+import agent.pipeline as _pipeline
+
+_times = {"publish_durable": [], "process": []}
+
+
+def _timed(owner, name, key):
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _times[key].append(time.perf_counter() - t0)
+
+    setattr(owner, name, wrapper)
+
+
+_timed(_mqtt.MqttPort, "publish_durable", "publish_durable")
+_timed(_pipeline.Pipeline, "_process", "process")
+
+
+@atexit.register
+def _dump():
+    with open(os.environ["BENCH_TIMINGS"], "w") as f:
+        json.dump(_times, f)
+'''
+
 VARIANTS: dict[str, str | None] = {
     "baseline (working tree)": None,
     "cv2.setNumThreads(1)": CV2_ONE_THREAD,
     "gray models: decode MJPEG luma only": GRAY_MJPEG,
-    "both": CV2_ONE_THREAD + GRAY_MJPEG,
+    "publish (payload, outbox put) on its own thread": PUBLISH_THREAD,
+    "all three": CV2_ONE_THREAD + GRAY_MJPEG + PUBLISH_THREAD,
 }
 
 
@@ -116,6 +176,36 @@ def run(manifest: Path, rounds: int, seconds: float,
             "decode_alone": {k: median(v) for k, v in decode.items()}}
 
 
+def publish_share(manifest: Path, seconds: float) -> dict[str, float]:
+    """How long ``publish_durable`` (outbox put + waking the sender) takes on the inference
+    thread, against the whole per-frame ``Pipeline._process``, at full speed."""
+    import json
+
+    import numpy as np
+
+    from bench.agentrun import AgentProcess, Subscriber
+
+    with tempfile.TemporaryDirectory(prefix="bench-pub-share-") as tmp, broker() as mq:
+        video = make_video(Path(tmp) / "scene.avi")
+        out = Path(tmp) / "timings.json"
+        sub = Subscriber(mq.port)
+        agent = AgentProcess(AgentSetup(manifest, video).config(Path(tmp) / "a", mq.port),
+                             extra_env={"BENCH_TIMINGS": str(out)}, prelude=TIMED_CALLS)
+        try:
+            sub.wait_stats(int(seconds) + 2, 60 + 2 * seconds)
+        finally:
+            agent.stop()
+            sub.close()
+        times = json.loads(out.read_text())
+    pub = np.asarray(times["publish_durable"][200:]) * 1e6
+    proc = np.asarray(times["process"][200:]) * 1e6
+    return {"calls": float(len(pub)), "publish_p50_us": float(np.percentile(pub, 50)),
+            "publish_p99_us": float(np.percentile(pub, 99)), "publish_max_us": float(pub.max()),
+            "process_p50_us": float(np.percentile(proc, 50)),
+            "process_p99_us": float(np.percentile(proc, 99)),
+            "publish_share": float(pub.sum() / proc.sum())}
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["| variant | agent fps_out (median) | runs | vs baseline | other sessions' "
              "load, cores |", "|---|---|---|---|---|"]
@@ -132,7 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--model", type=Path, default=DATA / "digits_cnn.json")
+    parser.add_argument("--publish-share", action="store_true",
+                        help="time publish_durable against the whole per-frame work instead")
     args = parser.parse_args(argv)
+    if args.publish_share:
+        share = publish_share(args.model, args.seconds)
+        print(", ".join(f"{k} {v:.1f}" if k != "publish_share" else f"{k} {v:.1%}"
+                        for k, v in share.items()))
+        return 0
     print(markdown(run(args.model, args.rounds, args.seconds)))
     return 0
 

@@ -33,7 +33,14 @@ from converter.convert import ConvertSpec
 from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
 from converter.fused import tf_keras_available
 from converter.load import ModelInfo, check_model_path
-from converter.report import ModeResult, measure, ops_summary, set_drops, table
+from converter.report import (
+    ModeResult,
+    forbidden_ops,
+    measure,
+    ops_summary,
+    set_drops,
+    table,
+)
 from converter.selection import candidates, choose, needs_mixed
 
 log = logging.getLogger(__name__)
@@ -118,8 +125,7 @@ def convert_one(opts: ConvertOptions, spec: ConvertSpec, rnn: bool, calib: np.nd
         result.error = str(exc)
         return result
     result.ops = ops
-    result.forbidden = sorted(op for op in ops if op in ("WHILE", "CUSTOM")
-                              or op.startswith("Flex"))
+    result.forbidden = forbidden_ops(ops)
     try:
         measure(result, content, x_eval, data.y, reference, opts.threads,
                 reset_state=rnn and spec.lstm_path == "fused",

@@ -47,6 +47,14 @@ def looping_agent(tmp_path: Path, port: int, **sections: object) -> AgentProcess
     return AgentProcess(cfg)
 
 
+def wait_saved(broker: Mosquitto, since: float, timeout: float = 5.0) -> None:
+    saved = broker.workdir / "mosquitto.db"
+    deadline = time.monotonic() + timeout
+    while not (saved.exists() and saved.stat().st_mtime > since):
+        assert time.monotonic() < deadline, "the broker did not save the subscriber's session"
+        time.sleep(0.02)
+
+
 def persistent_subscriber(port: int) -> Collector:
     return Collector(port, [LABELS, "edge/dev1/status"], client_id="test-sub",
                      clean_session=False)
@@ -56,9 +64,12 @@ def persistent_subscriber(port: int) -> Collector:
 def test_broker_outage_loses_nothing(tmp_path: Path, kill: bool) -> None:
     broker = Mosquitto(tmp_path / "broker").start()
     sub = persistent_subscriber(broker.port)
+    subscribed_at = time.time()
     agent = looping_agent(tmp_path, broker.port)
     try:
         sub.wait_topic(LABELS, count=20, timeout=30)
+        if kill:  # SIGKILL keeps only what the last autosave wrote: the subscriber's session
+            wait_saved(broker, subscribed_at)
         broker.stop(kill=kill)
         time.sleep(2.0)  # the outage: ~60 results are produced meanwhile
         broker.start()

@@ -46,6 +46,7 @@ from converter.selection import candidates, choose, needs_mixed
 log = logging.getLogger(__name__)
 EVAL_LIMIT = 1000
 SYNTHETIC_SAMPLES = 64
+MIN_CALIBRATION = 100
 MIXED_RMSE_OVER_SCALE = 0.7  # the quantization debugger guide's threshold
 MIXED_MAX_FLOAT_LAYERS = 3
 
@@ -162,6 +163,9 @@ def run(opts: ConvertOptions) -> Outcome:
     keras_acc = (round(float(np.mean(reference.argmax(1) == data.y)), 6)
                  if data.y is not None else None)
     calib = prep.normalize(calibration.x) if calibration is not None else None
+    if calib is not None and len(calib) < MIN_CALIBRATION:
+        log.warning("only %d calibration samples; int8 ranges need a few hundred "
+                    "(at least %d) to be reliable", len(calib), MIN_CALIBRATION)
     specs = candidates(opts, info, calib is not None, tf_keras_available())
     results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference)
                for s in specs]

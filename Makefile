@@ -15,6 +15,8 @@ install: $(BIN)/python
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[convert,dev,bench]'
+	# tf-keras gives the fused LSTM path; --no-deps keeps it from pulling in full tensorflow
+	$(BIN)/pip install -q --no-deps tf-keras==2.21.0
 
 broker:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \

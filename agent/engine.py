@@ -206,12 +206,16 @@ class Engine:
             out.append((time.perf_counter() - t0) * 1000.0)
         return out
 
-    def op_names(self) -> list[str]:
-        """Builtin op names of the graph as loaded (before delegation)."""
+    def op_details(self) -> list[dict[str, Any]]:
+        """Nodes of the execution plan as loaded (``DELEGATE`` nodes stand for partitions),
+        with their tensor links; empty when the runtime does not expose them."""
         try:
-            return [str(op["op_name"]) for op in self._interp._get_ops_details()]
-        except Exception:  # private API; absent in some runtimes
+            return list(self._interp._get_ops_details())  # private API of every runtime
+        except AttributeError:
             return []
+
+    def op_names(self) -> list[str]:
+        return [str(op["op_name"]) for op in self.op_details()]
 
     # -- checks ----------------------------------------------------------------
 

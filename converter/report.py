@@ -135,7 +135,7 @@ def measure(result: ModeResult, content: bytes, x_eval: np.ndarray, y_eval: np.n
         path.write_bytes(content)
         engine = Engine(path, num_threads=1, model_content=content)
         (result.xnnpack_nodes, result.total_nodes, result.partitions,
-         result.not_delegated) = xnnpack_coverage(engine._interp._get_ops_details())
+         result.not_delegated) = xnnpack_coverage(engine.op_details())
         result.size_bytes = len(content)
         result.input = tensor_description(engine.input_detail)
         result.output = tensor_description(engine.output_detail)

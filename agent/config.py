@@ -174,7 +174,6 @@ class PublishConfig(Section):
     hysteresis: float = Field(default=0.05, ge=0.0, le=1.0)
     min_interval_ms: int = Field(default=0, ge=0)
     stats_interval_s: PositiveFloat = 10.0
-    status_retained: bool = True
 
 
 class HealthConfig(Section):

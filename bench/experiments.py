@@ -19,6 +19,7 @@ from typing import Any
 from bench.agentrun import AgentSetup
 from bench.common import DATA, broker, make_video, median
 from bench.e2e import agent_fps
+from bench.hotpath import BASELINE
 from bench.stages import decode_fps
 
 CV2_ONE_THREAD = "import cv2\ncv2.setNumThreads(1)\n"
@@ -124,8 +125,26 @@ def _dump():
         json.dump(_times, f)
 '''
 
+BASELINE_STAGES = f'''
+import subprocess
+import sys
+import types
+
+import agent
+
+for _name in ("preprocess", "postprocess", "payloads"):
+    _src = subprocess.run(["git", "show", "{BASELINE}:agent/" + _name + ".py"], check=True,
+                          capture_output=True, text=True).stdout
+    _mod = types.ModuleType("agent." + _name)
+    _mod.__file__ = "<baseline agent/" + _name + ".py>"
+    sys.modules["agent." + _name] = _mod
+    setattr(agent, _name, _mod)
+    exec(compile(_src, _mod.__file__, "exec"), _mod.__dict__)
+'''
+
 VARIANTS: dict[str, str | None] = {
     "baseline (working tree)": None,
+    "before the hot-path changes (stage files at the baseline commit)": BASELINE_STAGES,
     "cv2.setNumThreads(1)": CV2_ONE_THREAD,
     "gray models: decode MJPEG luma only": GRAY_MJPEG,
     "publish (payload, outbox put) on its own thread": PUBLISH_THREAD,

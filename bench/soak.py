@@ -19,12 +19,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 
 from bench.agentrun import AgentProcess, AgentSetup, Subscriber
 from bench.common import DATA, broker, machine, make_video, proc_fds, proc_rss_mb
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ def _frames(sub: Subscriber) -> tuple[int, int]:
     return int(last["inferences"]), int(last.get("outbox_depth") or 0)
 
 
-def soak(frames: int, manifest: Path, fps: float | None, interval: float, out: TextIO,
+def soak(frames: int, manifest: Path, fps: float | None, interval: float, out: Writer,
          timeout_s: float) -> list[Sample]:
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp, broker() as mq:

@@ -231,7 +231,8 @@ class AgentApp:
             opts = CameraOptions(
                 name=src.name, uri=src.uri, loop=src.loop, realtime=src.realtime,
                 target_fps=src.target_fps, width=src.width, height=src.height,
-                fourcc=src.fourcc, open_timeout_ms=src.open_timeout_ms,
+                fourcc=src.fourcc, ffmpeg_options=src.ffmpeg_options,
+                open_timeout_ms=src.open_timeout_ms,
                 read_timeout_ms=src.read_timeout_ms, reconnect_min_s=src.reconnect_min_s,
                 reconnect_max_s=src.reconnect_max_s)
             cam = CameraSource(opts, self.inbox, on_state=self._on_source_state)

@@ -131,6 +131,9 @@ class CameraSourceConfig(Section):
     width: int | None = Field(default=None, gt=0)
     height: int | None = Field(default=None, gt=0)
     fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+    ffmpeg_options: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_]+;[^|;]*(\|[A-Za-z0-9_]+;[^|;]*)*$",
+        description="FFmpeg options for URLs and files, e.g. rtsp_transport;tcp")
     open_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
     read_timeout_ms: int = Field(default=5000, ge=100, le=600_000)
     reconnect_min_s: PositiveFloat = 0.5

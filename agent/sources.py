@@ -7,9 +7,11 @@ injects through ``capture_factory``). The capture loop lives in ``agent/capture.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -66,6 +68,7 @@ class CameraOptions:
     width: int | None = None
     height: int | None = None
     fourcc: str | None = None
+    ffmpeg_options: str | None = None  # e.g. "rtsp_transport;tcp" (files and URLs only)
 
     def __post_init__(self) -> None:
         problems = self._problems()
@@ -162,7 +165,8 @@ def open_capture(opts: CameraOptions, factory: CaptureFactory | None = None) -> 
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, opts.open_timeout_ms,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, opts.read_timeout_ms]
     try:
-        cap = factory(target, api, params)
+        with _ffmpeg_options(opts.ffmpeg_options if kind != "device" else None):
+            cap = factory(target, api, params)
     except cv2.error as exc:
         raise SourceError(f"cannot open {kind} {opts.display_uri}: {exc}") from exc
     if not cap.isOpened():
@@ -172,6 +176,32 @@ def open_capture(opts: CameraOptions, factory: CaptureFactory | None = None) -> 
     if kind == "device":
         _configure_device(cap, opts)
     return cap
+
+
+_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_FFMPEG_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ffmpeg_options(options: str | None) -> Iterator[None]:
+    """Per-source FFmpeg options (``key;value|key;value``, e.g. ``rtsp_transport;tcp``).
+
+    OpenCV reads them from one process-wide environment variable when a capture opens, so
+    it is set under a lock around the open and restored afterwards.
+    """
+    if not options:
+        yield
+        return
+    with _FFMPEG_ENV_LOCK:
+        before = os.environ.get(_FFMPEG_ENV)
+        os.environ[_FFMPEG_ENV] = options
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(_FFMPEG_ENV, None)
+            else:
+                os.environ[_FFMPEG_ENV] = before
 
 
 def _configure_device(cap: VideoCaptureLike, opts: CameraOptions) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from agent import __version__
 from agent.capture import CameraOptions, CameraSource
+from agent.commands import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
 from agent.contract import (
     STATE_DEGRADED,
@@ -25,7 +26,7 @@ from agent.contract import (
 from agent.control import build_command_handlers
 from agent.delivery import ModelReceiver
 from agent.engine import DelegateSpec, Engine
-from agent.errors import EdgeError, SampleError
+from agent.errors import DeployError, EdgeError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
 from agent.homeassistant import discovery_messages
 from agent.models import InstalledModel, ModelStore
@@ -176,8 +177,6 @@ class AgentApp:
             reconnect_max_s=m.reconnect_max_s, drain_rate_per_s=self.cfg.outbox.drain_rate_per_s)
 
     def _subscribe_control(self) -> None:
-        from agent.commands import CommandRouter
-
         handlers = build_command_handlers(self)
         self.router = CommandRouter(self.topics, handlers, self._reply)
         for f in self.topics.command_filters():
@@ -263,9 +262,16 @@ class AgentApp:
         self._refresh_status()
 
     def _on_model_ready(self, installed: InstalledModel, engine: Engine) -> None:
+        """Called by the receiver's worker with a verified, loaded, warmed engine."""
+        current = self.pipeline.model.manifest
+        if installed.manifest.task != current.task:
+            raise DeployError(f"the agent runs a {current.task} model with "
+                              f"{'camera' if current.task == 'frame' else 'mqtt'} sources; "
+                              f"a {installed.manifest.task} model cannot replace it")
         loaded = self._wrap(installed, engine)
         self.pipeline.swap(loaded)
-        self.store.activate(installed)
+        if installed.manifest.window != current.window:
+            self.windowers.clear()  # rebuilt with the new window on the next sample
         self._refresh_status()
 
     def _on_rollback(self, bad: LoadedModel, good: LoadedModel, reason: str) -> None:

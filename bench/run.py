@@ -58,11 +58,11 @@ class Plan:
 
 
 NOTES = [
-    "The limit in (a) is the slowest stage alone with the other core idle. This machine's "
-    "two vCPUs are not independent: a busy process on one slows a loop on the other by "
-    "25-40% (measured: decode/s, other core busy). The agent must decode and infer at "
-    "once, so 'fps_out / contended limit' divides by the slowest stage measured while the "
-    "other core is busy.",
+    "The limit in (a) is the slowest stage alone, measured just before the agent in the "
+    "same round. 'decode/s, other core busy' is the decode loop while a busy process "
+    "occupies the other vCPU: the agent decodes on one core while it infers and publishes "
+    "on the other, so when other sessions also load this shared machine (last column) the "
+    "decoder cannot have a core to itself; 'fps_out / contended limit' divides by that.",
     "MobileNetV2 has random weights (weights=None, 10 classes): its 'accuracy' is top-1 "
     "agreement with the Keras model on synthetic camera frames, not a task accuracy.",
     "Capture-to-publish is the agent's own figure in each label (frame captured to payload "

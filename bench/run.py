@@ -1,7 +1,8 @@
 """The agent's benchmark: ``python -m bench.run [--quick] [--out bench/results]``.
 
 Writes ``benchmark.md``, ``benchmark.json`` and ``benchmark.png`` into ``--out`` and prints the
-Markdown. Models are converted once with the converter and cached in ``<out>/cache``.
+Markdown. Models are converted once with the converter and cached in ``--cache``
+(default ``bench/results/cache``).
 Figures (each measured in the same run as what it is compared with, medians of rounds):
 
 a. agent end to end at full speed vs the slowest of its stages alone;
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import e2e, footprint, hotpath, latency, publish, quant, report, tfcompare
-from bench.common import broker, machine, make_video
+from bench.common import REPO, broker, machine, make_video
 from bench.models import Variant, all_variants
 
 
@@ -130,8 +131,7 @@ def run_tf(plan: Plan, chosen: dict[str, Variant], video: Path) -> list[dict[str
     return rows
 
 
-def run_all(plan: Plan, out: Path) -> dict[str, Any]:
-    cache = out / "cache"
+def run_all(plan: Plan, out: Path, cache: Path) -> dict[str, Any]:
     work = out / "work"
     results: dict[str, Any] = {"quick": plan.quick, "machine": machine(), "notes": NOTES}
     families = all_variants(cache, plan.quick, log=log)
@@ -158,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and models (~3 min)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--cache", type=Path, default=REPO / "bench" / "results" / "cache",
+                        help="converted models and the test video, kept between runs")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    results = run_all(Plan.make(args.quick), args.out)
+    results = run_all(Plan.make(args.quick), args.out, args.cache)
     results["elapsed_s"] = time.monotonic() - started
     results["command"] = "python -m bench.run" + (" --quick" if args.quick else "") + \
         (f" --out {args.out}" if args.out != Path("bench/results") else "")

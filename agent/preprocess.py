@@ -141,7 +141,7 @@ class FramePreprocessor:
         """Return the input tensor (a reused buffer: copy it if you keep it past the next call)."""
         img = self._check(frame)
         if self.spec.resize == "center_crop":
-            img = _centre_crop(img, self.width / self.height)
+            img = centre_crop(img, self.width / self.height)
         if self._gray_first:
             self._resize(self._to_gray(img), self._gray)
             pixels = self._gray
@@ -206,7 +206,7 @@ class FramePreprocessor:
         return self._resized
 
 
-def _centre_crop(img: np.ndarray, aspect: float) -> np.ndarray:
+def centre_crop(img: np.ndarray, aspect: float) -> np.ndarray:
     h, w = img.shape[:2]
     if w / h > aspect:
         cw = max(1, round(h * aspect))

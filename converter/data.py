@@ -132,22 +132,31 @@ def read_image(file: Path, prep: InputPrep) -> np.ndarray:
 
 
 def resize_image(img: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
+    """Resize as the agent does (agent/preprocess.py): crop to the model's aspect for
+    ``center_crop``, ``INTER_AREA`` when shrinking, so validation sees what the agent feeds."""
     import cv2
 
-    ih, iw = img.shape[:2]
+    from agent.preprocess import centre_crop
+
     if mode == "center_crop":
-        side = min(ih, iw)
-        top, left = (ih - side) // 2, (iw - side) // 2
-        img = img[top:top + side, left:left + side]
-    elif mode == "letterbox":
+        img = centre_crop(img, w / h)
+    ih, iw = img.shape[:2]
+    if mode == "letterbox":
         scale = min(h / ih, w / iw)
         nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
-        small = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR).reshape(nh, nw, -1)
+        small = cv2.resize(img, (nw, nh), interpolation=_interpolation(ih, iw, nh, nw))
+        small = small.reshape(nh, nw, -1)
         canvas = np.zeros((h, w, small.shape[-1]), img.dtype)
         top, left = (h - nh) // 2, (w - nw) // 2
         canvas[top:top + nh, left:left + nw] = small
         return canvas
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(img, (w, h), interpolation=_interpolation(ih, iw, h, w))
+
+
+def _interpolation(ih: int, iw: int, h: int, w: int) -> int:
+    import cv2
+
+    return cv2.INTER_AREA if (iw > w or ih > h) else cv2.INTER_LINEAR
 
 
 def load_labels(path: Path, n_outputs: int) -> list[str]:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from agent import __version__
@@ -102,6 +103,8 @@ class AgentApp:
 
     def start(self) -> None:
         cfg = self.cfg
+        if cfg.pipeline.opencv_threads is not None:
+            cv2.setNumThreads(cfg.pipeline.opencv_threads)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
         self.model = self._load_first_model()

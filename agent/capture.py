@@ -255,8 +255,12 @@ class CameraSource:
         is_file = self.options.kind == "file"
         fps = self._file_fps(cap) if is_file and self.options.realtime else None
         p = _Pass()
+        backpressure = is_file and not self.options.realtime and \
+            getattr(self._slot, "wait_taken", None)
         while not self._stop.is_set():
             if fps and p.failed_in_row == 0 and not self._pace(p, fps):
+                break
+            if backpressure and not self._wait_taken(backpressure):
                 break
             emit = self._due()
             t0 = time.monotonic()
@@ -286,6 +290,20 @@ class CameraSource:
             if problem:
                 return LOST, problem
         return "stop", None
+
+    def _wait_taken(self, wait_taken: Callable[[str, float], bool]) -> bool:
+        """A file at full speed reads the next frame once the last one was taken; False if
+        stopped meanwhile."""
+        self.waiting_legitimately = True
+        try:
+            while not self._stop.is_set():
+                if wait_taken(self.name, 0.1):
+                    return True
+                self.last_progress_mono = time.monotonic()
+            return False
+        finally:
+            self.waiting_legitimately = False
+            self.last_progress_mono = time.monotonic()
 
     def _failed_read(self, cap: VideoCaptureLike, p: _Pass, elapsed: float,
                      is_file: bool) -> tuple[str, str | None] | None:

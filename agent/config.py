@@ -168,6 +168,9 @@ class PipelineConfig(Section):
                              description="windows queued per sequence stream")
     rollback_after_failures: int = Field(default=3, ge=1)
     probation_frames: int = Field(default=20, ge=1)
+    opencv_threads: int | None = Field(
+        default=1, ge=1, le=64, description="OpenCV's worker threads (null: its default); "
+        "the agent runs a thread per stage, so one is fastest on small devices")
 
 
 class PublishConfig(Section):

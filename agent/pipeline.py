@@ -68,7 +68,9 @@ class FrameInbox:
     """
 
     def __init__(self, default_depth: int = 1) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._taken = threading.Condition(lock)
         self._queues: dict[str, deque[Frame]] = {}
         self._depths: dict[str, int] = {}
         self._hold_depth = 0
@@ -121,11 +123,23 @@ class FrameInbox:
             source = self._pending.popleft()
             q = self._queues[source]
             frame = q.popleft()
+            self._taken.notify_all()
             if q:
                 self._pending.append(source)
             elif not self._hold_depth and q.maxlen != self._depths.get(source, q.maxlen):
                 self._queues[source] = deque(maxlen=self._depths[source])
             return frame
+
+    def wait_taken(self, source: str, timeout: float) -> bool:
+        """Wait until no frame of ``source`` is waiting; True when none is (or closed).
+
+        Only for sources with no clock of their own (a file read at full speed): decoding a
+        frame that would only be overwritten takes CPU from inference. Live sources never
+        wait: capture never waits for inference.
+        """
+        with self._taken:
+            return self._taken.wait_for(
+                lambda: self._closed or not self._queues.get(source), timeout)
 
     def pending(self) -> int:
         with self._cond:
@@ -139,6 +153,7 @@ class FrameInbox:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._taken.notify_all()
 
 
 @dataclass

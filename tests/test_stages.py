@@ -292,3 +292,17 @@ def test_router_replies_and_never_raises() -> None:
     assert "not UTF-8 JSON" in sent[-1][1]["error"] and sent[-1][2] == b"c2"
     assert sent[4][1]["error"] == "internal error: RuntimeError: kaput"
     assert router.rejected == 7
+
+
+def test_wait_taken_lets_a_file_source_wait_for_inference() -> None:
+    inbox = FrameInbox()
+    inbox.register("file", depth=1)
+    assert inbox.wait_taken("file", 0.01)  # nothing waiting
+    inbox.put(frame("file", 0))
+    assert not inbox.wait_taken("file", 0.01)
+    taker = threading.Timer(0.05, lambda: inbox.take(1.0))
+    taker.start()
+    assert inbox.wait_taken("file", 5.0)
+    inbox.put(frame("file", 1))
+    inbox.close()
+    assert inbox.wait_taken("file", 5.0)  # closed: nobody waits forever

@@ -92,9 +92,11 @@ class AgentApp:
         return self._wrap(installed, engine)
 
     def _wrap(self, installed: InstalledModel, engine: InferenceBackend) -> LoadedModel:
-        p = self.cfg.publish
+        top_k, min_score = self.cfg.publish.top_k, self.cfg.publish.min_score
+        if hasattr(self, "pipeline"):  # keep what `config set` changed at run time
+            top_k, min_score = self.pipeline.model.post.top_k, self.pipeline.model.post.min_score
         loaded = build_loaded_model(installed.manifest, installed.folder, engine,
-                                    p.top_k, p.min_score)
+                                    top_k, min_score)
         spec = installed.manifest.input
         engine.invoke(np.zeros(spec.shape, dtype=np.dtype(spec.dtype)))  # warm-up
         return loaded

@@ -74,6 +74,7 @@ class FrameInbox:
         self._queues: dict[str, deque[Frame]] = {}
         self._depths: dict[str, int] = {}
         self._hold_depth = 0
+        self._hold_until = 0.0
         self._pending: deque[str] = deque()
         self._default_depth = default_depth
         self._closed = False
@@ -85,11 +86,13 @@ class FrameInbox:
             self._depths[source] = depth
             self._queues.setdefault(source, deque(maxlen=max(depth, self._hold_depth)))
 
-    def hold(self, depth: int) -> None:
+    def hold(self, depth: int, for_s: float = 60.0) -> None:
         """Queue up to ``depth`` frames per source instead of keeping only the newest, while
-        a model is loaded and swapped in (which can pause inference for a few frames)."""
+        a model is loaded and swapped in (which can pause inference for a few frames). The
+        hold ends on ``release`` or after ``for_s``, whichever comes first."""
         with self._cond:
             self._hold_depth = depth
+            self._hold_until = time.monotonic() + for_s
             for source, q in self._queues.items():
                 if q.maxlen is not None and q.maxlen < depth:
                     self._queues[source] = deque(q, maxlen=depth)
@@ -124,6 +127,8 @@ class FrameInbox:
             q = self._queues[source]
             frame = q.popleft()
             self._taken.notify_all()
+            if self._hold_depth and time.monotonic() > self._hold_until:
+                self._hold_depth = 0  # a push that never reported back
             if q:
                 self._pending.append(source)
             elif not self._hold_depth and q.maxlen != self._depths.get(source, q.maxlen):

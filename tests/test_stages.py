@@ -306,3 +306,19 @@ def test_wait_taken_lets_a_file_source_wait_for_inference() -> None:
     inbox.put(frame("file", 1))
     inbox.close()
     assert inbox.wait_taken("file", 5.0)  # closed: nobody waits forever
+
+
+def test_hold_queues_frames_and_ends_by_itself() -> None:
+    inbox = FrameInbox()
+    inbox.register("cam", depth=1)
+    inbox.hold(4, for_s=60)
+    for i in range(3):
+        inbox.put(frame("cam", i))
+    assert [inbox.take(0.01).index for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
+    assert inbox.overwritten == 0
+    inbox.hold(4, for_s=0.0)  # a push that never reports back
+    inbox.put(frame("cam", 3))
+    assert inbox.take(0.01) is not None  # the expired hold ends here
+    for i in range(4, 7):
+        inbox.put(frame("cam", i))
+    assert inbox.take(0.01).index == 6 and inbox.overwritten == 2  # type: ignore[union-attr]

@@ -1,8 +1,10 @@
 """Capture stage: a camera source per thread, each feeding a latest-frame slot.
 
 Capture never waits for inference: ``CameraSource`` reads as fast as its source delivers
-and ``put``s every accepted frame into a ``LatestFrameSlot``, which keeps only the newest
-and counts what it overwrote. Sources are described by ``agent.sources.CameraOptions``.
+and ``put``s every accepted frame into a sink (the agent's ``FrameInbox``), which keeps only
+the newest and counts what it overwrote. The one exception is a file read at full speed,
+which has no clock of its own and waits until its last frame was taken. Sources are
+described by ``agent.sources.CameraOptions``.
 
 Each frame is the array ``cv2.VideoCapture.read()`` allocates for it, marked read-only.
 Decoding into a reused buffer would save that allocation, but the previous frame may still
@@ -28,8 +30,7 @@ from agent.errors import SourceError
 from agent.records import Frame
 from agent.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
 
-__all__ = ["ENDED", "LOST", "OK", "STARTING", "CameraOptions", "CameraSource", "FrameSink",
-           "LatestFrameSlot"]
+__all__ = ["ENDED", "LOST", "OK", "STARTING", "CameraOptions", "CameraSource", "FrameSink"]
 
 log = logging.getLogger(__name__)
 
@@ -46,58 +47,11 @@ SHAPE_ADOPT_AFTER = 3
 
 
 class FrameSink(Protocol):
-    """Where a source puts frames: a ``LatestFrameSlot`` or anything with a non-blocking put."""
+    """Where a source puts frames: the agent's ``FrameInbox`` (agent/pipeline.py) or anything
+    with a non-blocking ``put``. A sink with ``wait_taken(source, timeout)`` lets a file read
+    at full speed wait until its last frame was taken."""
 
     def put(self, frame: Frame) -> None: ...
-
-
-class LatestFrameSlot:
-    """Holds one frame: ``put`` replaces an unread frame (counted), ``get`` waits for a new one."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self._latest: Frame | None = None
-        self._closed = False
-        self.puts = 0
-        self.overwritten = 0
-
-    def put(self, frame: Frame) -> None:
-        """Never blocks; an unread frame is replaced and counted in ``overwritten``."""
-        with self._cond:
-            if self._frame is not None:
-                self.overwritten += 1
-            self._frame = frame
-            self._latest = frame
-            self.puts += 1
-            self._cond.notify_all()
-
-    def get(self, timeout: float) -> Frame | None:
-        """The newest unread frame, or None after ``timeout`` seconds or once closed."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._frame is None and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            frame, self._frame = self._frame, None
-            return frame
-
-    def close(self) -> None:
-        """Wake every waiter; later ``get`` calls return at once (an unread frame first)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def latest(self) -> Frame | None:
-        """The last frame put, read or not (for snapshots)."""
-        return self._latest
 
 
 @dataclass
@@ -114,7 +68,7 @@ class _Pass:
 
 
 class CameraSource:
-    """Reads one camera, file or stream on a daemon thread into a ``LatestFrameSlot``.
+    """Reads one camera, file or stream on a daemon thread into a ``FrameSink``.
 
     States: ``starting`` until the first frame, ``ok`` while frames arrive, ``lost`` while
     the source cannot be opened or read (it is released and reopened with exponential

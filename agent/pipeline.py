@@ -146,6 +146,10 @@ class FrameInbox:
             return self._taken.wait_for(
                 lambda: self._closed or not self._queues.get(source), timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def pending(self) -> int:
         with self._cond:
             return sum(len(q) for q in self._queues.values())

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.capture import CameraSource, LatestFrameSlot
+from agent.capture import CameraSource
 from agent.errors import SourceError
+from agent.pipeline import FrameInbox
 from agent.records import Frame
 from agent.sources import CameraOptions, redact_uri, source_kind
 from tests.support.mjpeg_server import MjpegServer
@@ -34,8 +35,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return predicate()
 
 
-class RecordingSlot(LatestFrameSlot):
-    """A slot that also keeps every frame put, so a test can see what a fast consumer would."""
+class RecordingSlot(FrameInbox):
+    """The agent's inbox, also keeping every frame put, so a test can see what a fast consumer
+    would."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +46,15 @@ class RecordingSlot(LatestFrameSlot):
     def put(self, frame: Frame) -> None:
         self.frames.append(frame)
         super().put(frame)
+
+    @property
+    def latest(self) -> Frame | None:
+        """The last frame put, read or not."""
+        return self.frames[-1] if self.frames else None
+
+    def wait_taken(self, source: str, timeout: float) -> bool:
+        """Never holds a file back: every frame counts as seen once recorded."""
+        return True
 
 
 class States:
@@ -76,8 +87,8 @@ def server() -> Iterator[MjpegServer]:
     srv.stop()
 
 
-def run(sources: list[CameraSource], opts: CameraOptions, slot: LatestFrameSlot | None = None,
-        **kw: object) -> tuple[CameraSource, LatestFrameSlot, States]:
+def run(sources: list[CameraSource], opts: CameraOptions, slot: FrameInbox | None = None,
+        **kw: object) -> tuple[CameraSource, FrameInbox, States]:
     slot = slot if slot is not None else RecordingSlot()
     states = States()
     src = CameraSource(opts, slot, on_state=states, **kw)  # type: ignore[arg-type]
@@ -86,7 +97,7 @@ def run(sources: list[CameraSource], opts: CameraOptions, slot: LatestFrameSlot 
     return src, slot, states
 
 
-# -- the slot -------------------------------------------------------------------------
+# -- the inbox as a latest-frame slot -------------------------------------------------
 
 
 def frame(i: int) -> Frame:
@@ -94,36 +105,36 @@ def frame(i: int) -> Frame:
 
 
 def test_slot_keeps_the_newest_frame_and_counts_overwrites() -> None:
-    slot = LatestFrameSlot()
+    slot = RecordingSlot()
     for i in range(3):
         slot.put(frame(i))
-    got = slot.get(timeout=0.1)
+    got = slot.take(timeout=0.1)
     assert got is not None and got.index == 2
-    assert slot.overwritten == 2 and slot.puts == 3
-    assert slot.get(timeout=0.05) is None
+    assert slot.overwritten == 2 and slot.put_count == 3
+    assert slot.take(timeout=0.05) is None
     assert slot.latest is got
 
 
 def test_slot_get_wakes_on_put_and_on_close() -> None:
-    slot = LatestFrameSlot()
+    slot = FrameInbox()
     results: list[Frame | None] = []
-    waiter = threading.Thread(target=lambda: results.append(slot.get(timeout=10)))
+    waiter = threading.Thread(target=lambda: results.append(slot.take(timeout=10)))
     waiter.start()
     slot.put(frame(7))
     waiter.join(timeout=2)
     assert results[0] is not None and results[0].index == 7
 
-    waiter = threading.Thread(target=lambda: results.append(slot.get(timeout=10)))
+    waiter = threading.Thread(target=lambda: results.append(slot.take(timeout=10)))
     waiter.start()
     assert wait_for(lambda: waiter.is_alive())
     slot.close()
     waiter.join(timeout=2)
     assert not waiter.is_alive() and results[1] is None and slot.closed
     slot.put(frame(8))
-    unread = slot.get(timeout=5)
+    unread = slot.take(timeout=5)
     assert unread is not None and unread.index == 8, "an unread frame is still handed out"
     t0 = time.monotonic()
-    assert slot.get(timeout=5) is None and time.monotonic() - t0 < 1
+    assert slot.take(timeout=5) is None and time.monotonic() - t0 < 1
 
 
 # -- files ----------------------------------------------------------------------------
@@ -184,11 +195,11 @@ def test_target_fps_drops_to_at_most_that_rate(tmp_path: Path,
 def test_slot_drops_and_counts_when_nobody_reads(tmp_path: Path,
                                                  sources: list[CameraSource]) -> None:
     path = write_numbered_video(tmp_path / "v.avi", 60, fps=30)
-    slot = LatestFrameSlot()
+    slot = RecordingSlot()
     src, _, _ = run(sources, CameraOptions("f", str(path)), slot=slot)
     assert wait_for(lambda: src.state == "ended")
-    assert slot.puts == 60 and slot.overwritten == 59
-    last = slot.get(timeout=0.1)
+    assert slot.put_count == 60 and slot.overwritten == 59
+    last = slot.take(timeout=0.1)
     assert last is not None and last.index == 59 and frame_number(last.data) == 59
 
 
@@ -383,7 +394,7 @@ def test_device_path_and_a_failing_callback(sources: list[CameraSource]) -> None
         raise RuntimeError("callback bug")
 
     factory = FakeFactory([FakeDevice(opened=True, frames=[numbered_frame(1)] * 3)])
-    slot = LatestFrameSlot()
+    slot = FrameInbox()
     src = CameraSource(CameraOptions("usb", "/dev/video2", **FAST), slot,  # type: ignore[arg-type]
                        on_state=explode, capture_factory=factory)
     sources.append(src)
@@ -446,3 +457,17 @@ def test_start_twice_is_refused(tmp_path: Path, sources: list[CameraSource]) -> 
     src, _, _ = run(sources, CameraOptions("f", str(path)))
     with pytest.raises(SourceError, match="already started"):
         src.start()
+
+
+def test_file_at_full_speed_waits_for_the_agents_inbox(tmp_path: Path,
+                                                      sources: list[CameraSource]) -> None:
+    path = write_numbered_video(tmp_path / "v.avi", 30, fps=30)
+    inbox = FrameInbox()
+    run(sources, CameraOptions("f", str(path)), slot=inbox)
+    taken = []
+    deadline = time.monotonic() + 10
+    while len(taken) < 30 and time.monotonic() < deadline:
+        f = inbox.take(0.1)
+        if f is not None:
+            taken.append(f.index)
+    assert taken == list(range(30)) and inbox.overwritten == 0

@@ -6,10 +6,33 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Mosquitto
+from tests.support.certs import Certs, add_password, make_certs
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker = Mosquitto(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, certs: Certs) -> Iterator[Mosquitto]:
+    """Mosquitto with TLS (client certificates required), a password file and an ACL:
+    user ``agent`` may use ``edge/dev1/#``, user ``reader`` may read ``edge/#``."""
+    passwords = tmp_path / "passwd"
+    add_password(passwords, "agent", "s3cret")
+    add_password(passwords, "reader", "r3ader")
+    acl = tmp_path / "acl"
+    acl.write_text("user agent\ntopic readwrite edge/dev1/#\n\nuser reader\ntopic read edge/#\n")
+    broker = Mosquitto(tmp_path / "broker", extra_conf=[
+        f"cafile {certs.ca_cert}", f"certfile {certs.server_cert}",
+        f"keyfile {certs.server_key}", "require_certificate true",
+        f"password_file {passwords}", f"acl_file {acl}"]).start()
     yield broker
     broker.stop()

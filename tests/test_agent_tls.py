@@ -4,7 +4,6 @@ file, and an ACL: the config's TLS and secret keys reach the MQTT port end to en
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,31 +11,11 @@ import yaml
 
 from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
 from tests.support.broker import Mosquitto
-from tests.support.certs import Certs, add_password, make_certs
+from tests.support.certs import Certs
 from tests.test_mqtt_tls import Reader
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def tls_broker(tmp_path: Path, certs: Certs) -> Iterator[Mosquitto]:
-    passwords = tmp_path / "passwd"
-    add_password(passwords, "dev1", "s3cret")
-    add_password(passwords, "reader", "r3ader")
-    acl = tmp_path / "acl"
-    acl.write_text("user dev1\ntopic readwrite edge/dev1/#\n\nuser reader\ntopic read edge/#\n")
-    broker = Mosquitto(tmp_path / "broker", extra_conf=[
-        f"cafile {certs.ca_cert}", f"certfile {certs.server_cert}",
-        f"keyfile {certs.server_key}", "require_certificate true",
-        f"password_file {passwords}", f"acl_file {acl}"]).start()
-    yield broker
-    broker.stop()
 
 
 def tls_agent(tmp_path: Path, broker: Mosquitto, certs: Certs, **mqtt: object) -> Path:
@@ -46,7 +25,7 @@ def tls_agent(tmp_path: Path, broker: Mosquitto, certs: Certs, **mqtt: object) -
                                                  "uri": str(video), "loop": True,
                                                  "realtime": True}])
     raw = yaml.safe_load(path.read_text())
-    raw["mqtt"].update({"username": "dev1", "tls": {
+    raw["mqtt"].update({"username": "agent", "tls": {
         "enabled": True, "ca_file": str(certs.ca_cert), "cert_file": str(certs.client_cert),
         "key_file": str(certs.client_key)}, **mqtt})
     path.write_text(yaml.safe_dump(raw))

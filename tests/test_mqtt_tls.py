@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,6 @@ from tests.support.certs import Certs, add_password, make_certs
 from tests.test_mqtt import TOPICS, PortFactory, make_port, status_payload, wait_until
 
 __all__ = ["make_port"]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def tls_broker(tmp_path: Path, certs: Certs) -> Iterator[Mosquitto]:
-    passwords = tmp_path / "passwd"
-    add_password(passwords, "agent", "s3cret")
-    add_password(passwords, "reader", "r3ader")
-    acl = tmp_path / "acl"
-    acl.write_text("user agent\ntopic readwrite edge/dev1/#\n\nuser reader\ntopic read edge/#\n")
-    broker = Mosquitto(tmp_path / "broker", extra_conf=[
-        f"cafile {certs.ca_cert}", f"certfile {certs.server_cert}",
-        f"keyfile {certs.server_key}", "require_certificate true",
-        f"password_file {passwords}", f"acl_file {acl}"]).start()
-    yield broker
-    broker.stop()
 
 
 def tls_options(certs: Certs, **overrides: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import pytest
 
 from tests.support.broker import Mosquitto
 from tests.support.certs import Certs, add_password, make_certs
+from tests.support.reference_models import ReferenceModel, reference_model
 
 
 @pytest.fixture
@@ -36,3 +37,15 @@ def tls_broker(tmp_path: Path, certs: Certs) -> Iterator[Mosquitto]:
         f"password_file {passwords}", f"acl_file {acl}"]).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def cnn(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
+    """The reference CNN, trained once per session in a child process (Keras files, data)."""
+    return reference_model("cnn", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def lstm(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
+    """The reference LSTM, trained once per session in a child process."""
+    return reference_model("lstm", tmp_path_factory)

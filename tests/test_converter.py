@@ -10,26 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from agent.contract import load_manifest, sha256_file
 from agent.engine import Engine
 from converter.cli import main
-from tests.support.reference_models import ReferenceModel, reference_model
+from tests.support.reference_models import ReferenceModel
 
 CNN_INT8_MAX_DROP = 1.5
 FLOAT_MAX_DROP = 0.5
 LSTM_MIN_AGREEMENT = 0.99
-
-
-@pytest.fixture(scope="session")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
-    return reference_model("cnn", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lstm(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
-    return reference_model("lstm", tmp_path_factory)
 
 
 def convert(model: Path, ref: ReferenceModel, out: Path, *extra: str) -> dict[str, Any]:

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 
 from converter.cli import main
-from tests.support.reference_models import ReferenceModel, reference_model
+from tests.support.reference_models import ReferenceModel
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
-    return reference_model("cnn", tmp_path_factory)
 
 
 def fails(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> str:

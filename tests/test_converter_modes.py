@@ -12,7 +12,7 @@ import pytest
 
 from converter.cli import main
 from converter.fused import tf_keras_available
-from tests.support.reference_models import ReferenceModel, reference_model
+from tests.support.reference_models import ReferenceModel
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,16 +23,6 @@ LSTM_MIN_AGREEMENT = 0.99
 needs_tf_keras = pytest.mark.skipif(not tf_keras_available(),
                                     reason="tf-keras not installed (pip install --no-deps "
                                            "tf-keras==2.21.0)")
-
-
-@pytest.fixture(scope="session")
-def cnn(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
-    return reference_model("cnn", tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def lstm(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
-    return reference_model("lstm", tmp_path_factory)
 
 
 def report(model: Path, ref: ReferenceModel, out: Path, *extra: str) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class AgentApp:
         self._watchdog_s = watchdog_s
         self._ready_timeout_s = ready_timeout_s
         self.started_at = time.time()
-        self._started_mono = time.monotonic()
+        self.started_mono = time.monotonic()
         self._ready = threading.Event()
         self._ready_timer: threading.Timer | None = None
         self._stopped = threading.Event()
@@ -66,6 +66,7 @@ class AgentApp:
         self._state = STATE_ONLINE
         self._reason: str | None = None
         self._stats_prev = (time.monotonic(), 0, 0)
+        self._last_fps = 0.0
         self.cameras: list[CameraSource] = []
         self.windowers: dict[str, SequenceWindower] = {}
         self._window_counts: dict[str, int] = {}
@@ -87,19 +88,24 @@ class AgentApp:
         return engine
 
     def load(self, installed: InstalledModel) -> LoadedModel:
-        """Build, check and warm a model off the hot path."""
+        """Build, check and warm a model off the hot path (pushed models arrive warmed by the
+        receiver and go straight to ``_wrap``)."""
         engine = self._engine_factory(installed.model_path, installed.manifest)
+        spec = installed.manifest.input
+        engine.invoke(np.zeros(spec.shape, dtype=np.dtype(spec.dtype)))  # warm-up
         return self._wrap(installed, engine)
 
     def _wrap(self, installed: InstalledModel, engine: InferenceBackend) -> LoadedModel:
         top_k, min_score = self.cfg.publish.top_k, self.cfg.publish.min_score
         if hasattr(self, "pipeline"):  # keep what `config set` changed at run time
-            top_k, min_score = self.pipeline.model.post.top_k, self.pipeline.model.post.min_score
-        loaded = build_loaded_model(installed.manifest, installed.folder, engine,
-                                    top_k, min_score)
-        spec = installed.manifest.input
-        engine.invoke(np.zeros(spec.shape, dtype=np.dtype(spec.dtype)))  # warm-up
-        return loaded
+            top_k, min_score = self.active_model.post.top_k, self.active_model.post.min_score
+        return build_loaded_model(installed.manifest, installed.folder, engine,
+                                  top_k, min_score)
+
+    @property
+    def active_model(self) -> LoadedModel:
+        """The model inferring now (the first one loaded, until the pipeline exists)."""
+        return self.pipeline.model if hasattr(self, "pipeline") else self.model
 
     # -- start -----------------------------------------------------------------
 
@@ -140,7 +146,7 @@ class AgentApp:
             self._ready_timer.start()
         log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
                  self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
-                 self._runtime_info())
+                 self.runtime_info())
 
     def _load_first_model(self) -> LoadedModel:
         chosen = self._choose_model()
@@ -264,7 +270,7 @@ class AgentApp:
     def _publish_model_result(self, body: dict) -> None:
         self.inbox.release()
         self.port.publish(self.topics.model("result"), encode(body), qos=1)
-        self._refresh_status()
+        self.refresh_status()
 
     def _on_model_ready(self, installed: InstalledModel, engine: Engine) -> None:
         """Called by the receiver's worker with a verified, loaded, warmed engine."""
@@ -277,7 +283,7 @@ class AgentApp:
         self.pipeline.swap(loaded)
         if installed.manifest.window != current.window:
             self.windowers.clear()  # rebuilt with the new window on the next sample
-        self._refresh_status()
+        self.refresh_status()
 
     def _on_rollback(self, bad: LoadedModel, good: LoadedModel, reason: str) -> None:
         try:
@@ -288,22 +294,20 @@ class AgentApp:
             "device": self.topics.device_id, "result": "rolled_back",
             "name": bad.manifest.name, "version": bad.manifest.version,
             "active_version": good.manifest.version, "reason": reason}), qos=1)
-        self._refresh_status()
+        self.refresh_status()
 
     # -- status and health -----------------------------------------------------
 
-    def _runtime_info(self) -> dict | None:
-        info = getattr(self.pipeline.model.engine if hasattr(self, "pipeline")
-                       else self.model.engine, "info", None)
+    def runtime_info(self) -> dict | None:
+        info = getattr(self.active_model.engine, "info", None)
         return info.as_dict() if info is not None else None
 
     def _status_payload(self, state: str, reason: str | None) -> dict:
-        model = self.pipeline.model if hasattr(self, "pipeline") else self.model
-        m = model.manifest
+        m = self.active_model.manifest
         return status_body(state, device=self.topics.device_id, groups=list(self.topics.groups),
                            model={"name": m.name, "version": m.version, "sha256": m.sha256,
                                   "task": m.task},
-                           since=self.started_at, runtime=self._runtime_info(), reason=reason,
+                           since=self.started_at, runtime=self.runtime_info(), reason=reason,
                            sources=dict(self._source_states))
 
     def _on_connection(self, connected: bool, reason: str | None) -> None:
@@ -316,9 +320,9 @@ class AgentApp:
 
     def _on_source_state(self, name: str, state: str, reason: str | None) -> None:
         self._source_states[name] = state
-        self._refresh_status()
+        self.refresh_status()
 
-    def _refresh_status(self) -> None:
+    def refresh_status(self) -> None:
         lost = [n for n, s in self._source_states.items() if s == "lost"]
         state = STATE_DEGRADED if lost else STATE_ONLINE
         reason = f"source lost: {', '.join(lost)}" if lost else None
@@ -355,7 +359,7 @@ class AgentApp:
                    for cam in self.cameras)
 
     def _status_line(self) -> str:
-        fps = self._last_fps if hasattr(self, "_last_fps") else 0.0
+        fps = self._last_fps
         return (f"{self._state}; model {self.pipeline.model.manifest.name} "
                 f"{self.pipeline.model.manifest.version}; {fps:.1f} fps")
 
@@ -383,7 +387,7 @@ class AgentApp:
             "outbox_depth": port.get("outbox_depth"), "outbox_dropped": port.get("outbox_dropped"),
             "outbox_set_aside": port.get("set_aside"), "mqtt_reconnects": port.get("reconnects"),
             "rss_mb": rss_mb(), "open_fds": open_fds(),
-            "uptime_s": round(now - self._started_mono, 1),
+            "uptime_s": round(now - self.started_mono, 1),
             "mean_top1": round(sum(top1) / len(top1), 4) if top1 else None,
             "paused": pl.paused, "ts": round(time.time(), 3),
         }

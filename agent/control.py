@@ -35,8 +35,8 @@ def _settings(app: AgentApp) -> dict[str, Any]:
 
 def build_command_handlers(app: AgentApp) -> dict[str, Handler]:
     def ping(args: dict[str, Any]) -> dict[str, Any]:
-        return {"pong": True, "ts": time.time(), "state": app._state,
-                "uptime_s": round(time.monotonic() - app._started_mono, 1)}
+        return {"pong": True, "ts": time.time(), "state": app.port.state,
+                "uptime_s": round(time.monotonic() - app.started_mono, 1)}
 
     def pause(args: dict[str, Any]) -> dict[str, Any]:
         app.pipeline.pause()
@@ -82,7 +82,7 @@ def build_command_handlers(app: AgentApp) -> dict[str, Handler]:
         if action == "current":
             m = app.pipeline.model.manifest
             return {"name": m.name, "version": m.version, "sha256": m.sha256,
-                    "quantize": m.quantize, "runtime": app._runtime_info()}
+                    "quantize": m.quantize, "runtime": app.runtime_info()}
         if action == "list":
             active = app.pipeline.model.manifest.sha256
             return {"models": [{**im.describe(), "active": im.manifest.sha256 == active}
@@ -120,6 +120,6 @@ def _rollback(app: AgentApp) -> dict[str, Any]:
                            f"{exc}") from exc
     app.pipeline.swap(loaded)
     app.store.rollback(reason="rollback command")
-    app._refresh_status()
+    app.refresh_status()
     m = loaded.manifest
     return {"name": m.name, "version": m.version, "sha256": m.sha256}

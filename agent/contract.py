@@ -31,7 +31,6 @@ STATE_ONLINE = "online"
 STATE_OFFLINE = "offline"
 STATE_STOPPED = "stopped"
 STATE_DEGRADED = "degraded"
-STATES = (STATE_ONLINE, STATE_OFFLINE, STATE_STOPPED, STATE_DEGRADED)
 
 
 def default_device_id() -> str:
@@ -270,16 +269,3 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-# --------------------------------------------------------------------------- payloads
-# Field names of the published payloads. Builders live with their producers
-# (agent/pipeline.py, agent/health.py); the names live here.
-
-LABELS_FIELDS = ("seq", "run_id", "ts", "frame_ts", "source", "model", "labels",
-                 "inference_ms", "capture_to_publish_ms")
-STATUS_FIELDS = ("state", "device", "model", "agent_version", "since", "runtime", "delegate",
-                 "reason", "ts")
-STATS_FIELDS = ("fps_in", "fps_out", "dropped_stale", "dropped_overwritten", "inference_ms_p50",
-                "inference_ms_p95", "frame_age_ms_p50", "outbox_depth", "outbox_dropped",
-                "rss_mb", "uptime_s", "mean_top1", "ts")

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.contract import STATE_DEGRADED, STATE_ONLINE
 from deploy.broker import MqttSession
 
-LIVE_STATES = ("online", "degraded")
+LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED)
 
 
 @dataclass

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.contract import ModelManifest, atomic_write_bytes, load_manifest, sha256_file
+from agent.contract import (
+    ModelManifest,
+    atomic_write_bytes,
+    fsync_dir,
+    load_manifest,
+    sha256_file,
+)
 from agent.errors import DeployError, ManifestError
 
 log = logging.getLogger(__name__)
@@ -56,14 +62,6 @@ class InstalledModel:
 
 def folder_name(manifest: ModelManifest) -> str:
     return f"{manifest.name}-{manifest.version}-{manifest.sha256[:8]}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SECONDS ?= 20
 
-.PHONY: demo test lint bench models install install-dev broker clean
+.PHONY: demo test test-slow lint bench models install install-dev broker system-deps-slow clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,17 @@ demo: install
 test: install-dev broker
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Debian packages only the slow tests need (Java for Spark, Chromium for the HTML report,
+# RabbitMQ for the clustered-broker tests). Add yours here.
+SLOW_APT := openjdk-17-jre-headless chromium rabbitmq-server
+
+system-deps-slow:
+	@missing=""; for p in $(SLOW_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  [ -z "$$missing" ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing)
+
+test-slow: install-dev broker system-deps-slow
+	$(BIN)/pytest -q -m slow
 
 lint: install-dev
 	$(BIN)/ruff check .

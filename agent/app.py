@@ -13,8 +13,10 @@ import cv2
 import numpy as np
 
 from agent import __version__
-from agent.capture import CameraOptions, CameraSource
-from agent.commands import CommandRouter
+from agent.capture.camera import CameraOptions, CameraSource
+from agent.capture.samples import SequenceWindower
+from agent.commands.handlers import build_command_handlers
+from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
 from agent.contract import (
     STATE_DEGRADED,
@@ -24,20 +26,24 @@ from agent.contract import (
     Topics,
     load_manifest,
 )
-from agent.control import build_command_handlers
-from agent.delivery import ModelReceiver
-from agent.engine import DelegateSpec, Engine
 from agent.errors import DeployError, EdgeError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
-from agent.homeassistant import discovery_messages
-from agent.models import InstalledModel, ModelStore
-from agent.mqtt import InboundMessage, MqttOptions, MqttPort
-from agent.outbox import Outbox
+from agent.inference.engine import DelegateSpec, Engine
+from agent.inference.pipeline import (
+    FrameInbox,
+    InferenceBackend,
+    LoadedModel,
+    Pipeline,
+    build_loaded_model,
+)
+from agent.inference.postprocess import ChangeFilter
+from agent.models.receiver import ModelReceiver
+from agent.models.store import InstalledModel, ModelStore
+from agent.mqtt.homeassistant import discovery_messages
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
 from agent.payloads import encode, labels_payload, status_body
-from agent.pipeline import FrameInbox, InferenceBackend, LoadedModel, Pipeline, build_loaded_model
-from agent.postprocess import ChangeFilter
 from agent.records import Frame, Result
-from agent.samples import SequenceWindower
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ CV2_ONE_THREAD = "import cv2\ncv2.setNumThreads(1)\n"
 GRAY_MJPEG = '''
 import cv2
 import numpy as np
-import agent.capture as _capture
-import agent.sources as _sources
+import agent.capture.camera as _capture
+import agent.capture.sources as _sources
 
 
 class _GrayMjpeg:
@@ -93,7 +93,7 @@ _app.AgentApp._publish_result = lambda self, result: _results.put((self, result)
 FILE_BACKPRESSURE = '''
 import time
 
-import agent.capture as _capture
+import agent.capture.camera as _capture
 
 _due = _capture.CameraSource._due
 
@@ -115,8 +115,8 @@ import json
 import os
 import time
 
-import agent.mqtt as _mqtt
-import agent.pipeline as _pipeline
+import agent.mqtt.port as _mqtt
+import agent.inference.pipeline as _pipeline
 
 _times = {"publish_durable": [], "process": []}
 

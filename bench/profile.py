@@ -52,7 +52,7 @@ def parse_raw(text: str) -> dict[str, ThreadProfile]:
 
 
 def _short(frame: str) -> str:
-    """``Outbox.put (agent/outbox.py:112)`` -> ``Outbox.put (agent/outbox.py)``."""
+    """``Outbox.put (agent/mqtt/outbox.py:112)`` -> ``Outbox.put (agent/mqtt/outbox.py)``."""
     name, _, where = frame.partition(" (")
     file = where.rsplit(":", 1)[0].rstrip(")")
     for marker in ("site-packages/", "lib/python3"):

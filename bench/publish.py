@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
 from bench.common import median
 
 

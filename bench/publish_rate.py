@@ -22,8 +22,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.contract import Topics
-from agent.mqtt import MqttOptions, MqttPort
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.port import MqttOptions, MqttPort
 from tests.support.broker import Mosquitto
 
 TOPICS = Topics("bench", "dev1")

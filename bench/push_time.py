@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.signing import generate_keypair, load_private_key
+from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.push import load_bundle, send_push
 from tests.support.broker import Mosquitto

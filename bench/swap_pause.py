@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from agent.signing import generate_keypair
+from agent.models.signing import generate_keypair
 from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
 from tests.support.broker import Mosquitto
 from tests.support.mqtt_client import Collector

@@ -40,9 +40,9 @@ def _methods(keras_path: str, manifest_path: str, threads: int) -> dict[str, Met
     import keras
 
     from agent.contract import load_manifest
-    from agent.engine import Engine
+    from agent.inference.engine import Engine
+    from agent.inference.pipeline import build_loaded_model
     from agent.payloads import labels_payload
-    from agent.pipeline import build_loaded_model
     from agent.records import Result
 
     manifest = load_manifest(Path(manifest_path))

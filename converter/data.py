@@ -132,11 +132,11 @@ def read_image(file: Path, prep: InputPrep) -> np.ndarray:
 
 
 def resize_image(img: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
-    """Resize as the agent does (agent/preprocess.py): crop to the model's aspect for
+    """Resize as the agent does (agent/inference/preprocess.py): crop to the model's aspect for
     ``center_crop``, ``INTER_AREA`` when shrinking, so validation sees what the agent feeds."""
     import cv2
 
-    from agent.preprocess import centre_crop
+    from agent.inference.preprocess import centre_crop
 
     if mode == "center_crop":
         img = centre_crop(img, w / h)

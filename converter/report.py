@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.engine import Engine
+from agent.inference.engine import Engine
 
 FORBIDDEN_OPS = ("WHILE", "CUSTOM")
 LATENCY_RUNS = 200

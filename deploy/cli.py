@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from agent.contract import DEFAULT_PREFIX
 from agent.errors import DeployError, EdgeError
-from agent.signing import generate_keypair, load_private_key
+from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.fleet import collect_fleet, format_table, group_members, status_table
 from deploy.push import (

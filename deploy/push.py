@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.contract import ModelManifest, parse_manifest, sha256_file
 from agent.errors import DeployError, ManifestError
-from agent.signing import sign_manifest
-from agent.wire import commit_message, encode_chunk, manifest_message
+from agent.models.signing import sign_manifest
+from agent.models.wire import commit_message, encode_chunk, manifest_message
 from deploy.broker import MqttSession
 from deploy.fleet import DeviceView
 

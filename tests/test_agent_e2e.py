@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agent.contract import load_manifest
-from agent.engine import Engine
+from agent.inference.engine import Engine
 from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
 from tests.support.broker import Mosquitto
 from tests.support.mqtt_client import Collector
@@ -125,7 +125,7 @@ def test_sequences_over_mqtt_give_the_expected_classes(tmp_path: Path,
 
 
 def direct_classes(manifest, xs: np.ndarray) -> list[int]:  # type: ignore[no-untyped-def]
-    from agent.preprocess import WindowPreprocessor
+    from agent.inference.preprocess import WindowPreprocessor
 
     engine = Engine(DATA / manifest.file, num_threads=1)
     pre = WindowPreprocessor(manifest.input, manifest.window)

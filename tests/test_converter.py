@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from agent.contract import load_manifest, sha256_file
-from agent.engine import Engine
+from agent.inference.engine import Engine
 from converter.cli import main
 from tests.support.reference_models import ReferenceModel
 

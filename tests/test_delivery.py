@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.signing import generate_keypair, load_private_key, sign_manifest
-from agent.wire import commit_message, encode_chunk, manifest_message
+from agent.models.signing import generate_keypair, load_private_key, sign_manifest
+from agent.models.wire import commit_message, encode_chunk, manifest_message
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
 from tests.support.broker import Mosquitto

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.signing import generate_keypair
+from agent.models.signing import generate_keypair
 from deploy.broker import MqttSession
 from deploy.cli import main
 from tests.support.broker import Mosquitto

@@ -18,9 +18,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.contract import Topics
-from agent.delivery import ModelReceiver
-from agent.engine import DelegateSpec, Engine
-from agent.models import InstalledModel, ModelStore
+from agent.inference.engine import DelegateSpec, Engine
+from agent.models.receiver import ModelReceiver
+from agent.models.store import InstalledModel, ModelStore
 
 LABELS = ["a", "b", "c"]
 

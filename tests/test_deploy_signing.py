@@ -1,4 +1,4 @@
-"""agent/signing.py: key files, canonical bytes, verification against trusted keys."""
+"""agent/models/signing.py: key files, canonical bytes, verification against trusted keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.signing import (
+from agent.models.signing import (
     KeyFileError,
     SignatureError,
     canonical_manifest_bytes,

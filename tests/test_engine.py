@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from agent.contract import load_manifest
-from agent.engine import DelegateSpec, Engine, import_runtime
 from agent.errors import DelegateError, ModelLoadError, ModelMismatchError, RuntimeNotFoundError
+from agent.inference.engine import DelegateSpec, Engine, import_runtime
 
 DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
 CNN = DATA / "digits_cnn.tflite"

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from agent.capture.sources import CameraOptions, open_capture
 from agent.config import parse_config
 from agent.errors import ConfigError
-from agent.sources import CameraOptions, open_capture
 from tests.test_config import GOOD, with_change
 
 ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"

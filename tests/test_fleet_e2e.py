@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.contract import load_manifest, sha256_file
-from agent.signing import generate_keypair, load_private_key
+from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
 from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video

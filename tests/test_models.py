@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import DeployError
-from agent.models import MANIFEST_NAME, InstalledModel, ModelStore, folder_name
+from agent.models.store import MANIFEST_NAME, InstalledModel, ModelStore, folder_name
 from tests.test_deploy_helpers import write_bundle
 
 

@@ -22,8 +22,8 @@ from paho.mqtt.properties import Properties
 
 from agent.contract import Topics
 from agent.errors import ConfigError
-from agent.mqtt import InboundMessage, MqttOptions, MqttPort
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
 from tests.support.broker import Mosquitto
 from tests.support.mqtt_client import Collector
 
@@ -158,8 +158,8 @@ CHILD = """
 import sys, time
 from agent.contract import Topics
 from agent.errors import ConfigError
-from agent.mqtt import MqttOptions, MqttPort
-from agent.outbox import Outbox
+from agent.mqtt.port import MqttOptions, MqttPort
+from agent.mqtt.outbox import Outbox
 port = MqttPort(MqttOptions(port=int(sys.argv[1])), Topics("edge", "dev1"),
                 outbox=Outbox(sys.argv[2]),
                 status_payload=lambda state, reason: {"state": state, "reason": reason})
@@ -232,7 +232,7 @@ def test_handler_exception_is_logged_not_fatal(mosquitto: Mosquitto, make_port: 
 
     port.subscribe(TOPICS.cmd("+"), handler)
     sender = collect(mosquitto.port, "unused/#")
-    with caplog.at_level(logging.ERROR, logger="agent.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="agent.mqtt.port"):
         send_until(sender, TOPICS.cmd("x"), b"boom", lambda: "handler bug" in caplog.text)
         sender.publish(TOPICS.cmd("x"), b"fine")
         wait_until(lambda: seen == [b"fine"], 5, "the command after the failing one")

@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.mqtt import MqttPort
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.port import MqttPort
 from tests.support.broker import Mosquitto
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_mqtt import (

@@ -14,8 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import ConfigError
-from agent.mqtt import MqttOptions, MqttPort
-from agent.outbox import Outbox
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.port import MqttOptions, MqttPort
 from tests.support.broker import Mosquitto
 from tests.support.certs import Certs, add_password, make_certs
 from tests.test_mqtt import TOPICS, PortFactory, make_port, status_payload, wait_until
@@ -64,7 +64,7 @@ def test_good_login_over_tls_publishes(tls_broker: Mosquitto, certs: Certs,
 def test_wrong_password_is_logged_and_retried_until_fixed(
         tls_broker: Mosquitto, certs: Certs, make_port: PortFactory,
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.ERROR, logger="agent.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="agent.mqtt.port"):
         port = make_port(tls_broker.port, start=False, **tls_options(certs, password="wrong"))
         port.start()
         wait_until(lambda: caplog.text.count("refused connection") >= 2, 10, "two refusals")

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.inflight import Delivery
-from agent.outbox import Outbox
+from agent.mqtt.inflight import Delivery
+from agent.mqtt.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,8 +99,8 @@ def test_survives_reopen(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from agent.inflight import Delivery
-from agent.outbox import Outbox
+from agent.mqtt.inflight import Delivery
+from agent.mqtt.outbox import Outbox
 box = Outbox(sys.argv[1])
 i = 0
 while True:

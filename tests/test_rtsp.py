@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.capture import CameraSource
-from agent.sources import CameraOptions
+from agent.capture.camera import CameraSource
+from agent.capture.sources import CameraOptions
 from tests.support.rtsp import RtspPusher, free_port, listen_options, poke_listener
 from tests.support.videos import frame_number
 from tests.test_capture import RecordingSlot, States, wait_for

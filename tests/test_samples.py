@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.capture.samples import SequenceWindower
 from agent.contract import WindowSpec
 from agent.errors import SampleError
-from agent.samples import SequenceWindower
 
 F = 3
 

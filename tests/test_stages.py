@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.commands import CommandRouter
+from agent.commands.router import CommandRouter
 from agent.contract import (
     InputSpec,
     ModelManifest,
@@ -24,9 +24,9 @@ from agent.contract import (
 )
 from agent.errors import FrameError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier
-from agent.pipeline import FrameInbox, Pipeline, build_loaded_model
-from agent.postprocess import ChangeFilter, Postprocessor
-from agent.preprocess import FramePreprocessor, WindowPreprocessor
+from agent.inference.pipeline import FrameInbox, Pipeline, build_loaded_model
+from agent.inference.postprocess import ChangeFilter, Postprocessor
+from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
 from agent.records import Frame, LabelScore, Result
 
 

@@ -42,15 +42,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.contract import STATE_OFFLINE, STATE_ONLINE, STATE_STOPPED, Topics
 from agent.errors import ConfigError
-from agent.inflight import Delivery
-from agent.mqtt_types import (
+from agent.mqtt.inflight import Delivery
+from agent.mqtt.options import (
     ConnectionListener,
     Handler,
     InboundMessage,
     MqttOptions,
     StatusPayload,
 )
-from agent.outbox import Outbox, OutboxItem
+from agent.mqtt.outbox import Outbox, OutboxItem
 
 __all__ = ["InboundMessage", "MqttOptions", "MqttPort"]
 

@@ -1,4 +1,4 @@
-"""Options and message types of the MQTT port (agent/mqtt.py)."""
+"""Options and message types of the MQTT port (agent/mqtt/port.py)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from agent.contract import ModelManifest
 from agent.errors import EdgeError
-from agent.postprocess import Postprocessor
-from agent.preprocess import FramePreprocessor, WindowPreprocessor
+from agent.inference.postprocess import Postprocessor
+from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
 from agent.records import Frame, Result
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 ``CameraOptions`` describes one source (device, file or network stream) and validates
 itself; ``open_capture`` turns it into an opened ``cv2.VideoCapture`` (or whatever a test
-injects through ``capture_factory``). The capture loop lives in ``agent/capture.py``.
+injects through ``capture_factory``). The capture loop lives in ``agent/capture/camera.py``.
 """
 
 from __future__ import annotations

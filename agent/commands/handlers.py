@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.commands import Handler, require
+from agent.commands.router import Handler, require
 from agent.errors import CommandError, EdgeError
 
 if TYPE_CHECKING:

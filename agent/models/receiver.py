@@ -1,8 +1,8 @@
 """Agent side of model delivery: receive a pushed model, verify it, load it, hand it over.
 
-The wire format is in ``agent/wire.py``. ``handle()`` runs on the MQTT network thread and only
-enqueues; one worker thread owns all push state, writes chunks, verifies, loads and warms the
-model, so the network thread is never blocked for long. Every outcome is one result dict
+The wire format is in ``agent/models/wire.py``. ``handle()`` runs on the MQTT network thread
+and only enqueues; one worker thread owns all push state, writes chunks, verifies, loads and
+warms the model, so the network thread is never blocked for long. Every outcome is one result dict
 passed to ``publish_result``.
 """
 
@@ -31,11 +31,11 @@ from agent.contract import (
     parse_manifest,
     sha256_file,
 )
-from agent.engine import DelegateSpec, Engine
 from agent.errors import DeployError, EdgeError
-from agent.models import MANIFEST_NAME, SIGNATURE_NAME, InstalledModel, ModelStore
-from agent.signing import KeySpec, load_trusted_keys, verify_manifest
-from agent.wire import (
+from agent.inference.engine import DelegateSpec, Engine
+from agent.models.signing import KeySpec, load_trusted_keys, verify_manifest
+from agent.models.store import MANIFEST_NAME, SIGNATURE_NAME, InstalledModel, ModelStore
+from agent.models.wire import (
     PART_FILE,
     PARTS,
     RESULT_ERROR,

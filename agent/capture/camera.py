@@ -26,9 +26,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from agent.capture.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
 from agent.errors import SourceError
 from agent.records import Frame
-from agent.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
 
 __all__ = ["ENDED", "LOST", "OK", "STARTING", "CameraOptions", "CameraSource", "FrameSink"]
 
@@ -47,9 +47,9 @@ SHAPE_ADOPT_AFTER = 3
 
 
 class FrameSink(Protocol):
-    """Where a source puts frames: the agent's ``FrameInbox`` (agent/pipeline.py) or anything
-    with a non-blocking ``put``. A sink with ``wait_taken(source, timeout)`` lets a file read
-    at full speed wait until its last frame was taken."""
+    """Where a source puts frames: the agent's ``FrameInbox`` (agent/inference/pipeline.py) or
+    anything with a non-blocking ``put``. A sink with ``wait_taken(source, timeout)`` lets a
+    file read at full speed wait until its last frame was taken."""
 
     def put(self, frame: Frame) -> None: ...
 

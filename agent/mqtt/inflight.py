@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from agent.outbox import Outbox, OutboxItem
+from agent.mqtt.outbox import Outbox, OutboxItem
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 class Delivery:
     """Bookkeeping of what is in flight from an ``Outbox`` over one connection at a time.
 
-    The transport (``agent/mqtt.py``) calls ``open`` when a connection is up, publishes what
+    The transport (``agent/mqtt/port.py``) calls ``open`` when a connection is up, publishes what
     ``next_batch`` returns, reports each message id with ``sent`` and each acknowledgement
     with ``acked``, and calls ``close`` when the connection ends. Every ``open`` starts a new
     generation; calls carrying an older generation are ignored, so a late ack from a dead

@@ -1,0 +1,1 @@
+"""Capture stage: cameras and URL sources, MQTT samples, the frame inbox."""

@@ -1,0 +1,1 @@
+"""Commands over MQTT: the router and the handler table of a running agent."""

@@ -1,0 +1,1 @@
+"""Inference stage: preprocess, engine (runtime and delegate), postprocess, pipeline."""

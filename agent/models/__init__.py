@@ -1,0 +1,1 @@
+"""Models on the device: store, receiver of pushed models, wire format, signing."""

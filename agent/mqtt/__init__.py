@@ -1,0 +1,1 @@
+"""MQTT: the port, its options, the in-flight window, the durable outbox, Home Assistant."""

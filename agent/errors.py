@@ -5,6 +5,10 @@ class EdgeError(Exception):
     """Base of every error this project raises on purpose."""
 
 
+class PayloadError(EdgeError):
+    """Bytes from the network are not the JSON they should be (encoding, syntax, nesting, size)."""
+
+
 class ConfigError(EdgeError):
     """The configuration is invalid. ``problems`` holds one ``key: value: what`` line each."""
 

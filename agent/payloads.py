@@ -1,4 +1,5 @@
-"""Builders of the published payloads (field names from agent/contract.py)."""
+"""Builders of the published payloads (field names from agent/contract.py), and the one
+decoder of inbound JSON (``decode_json``) that every parser of untrusted bytes uses."""
 
 from __future__ import annotations
 
@@ -9,9 +10,26 @@ from functools import lru_cache
 from typing import Any
 
 from agent import __version__
+from agent.errors import PayloadError
 from agent.records import Result
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def decode_json(payload: bytes, what: str, max_bytes: int | None = None) -> Any:
+    """Decode untrusted bytes as UTF-8 JSON. Any failure, whatever the input (invalid UTF-8,
+    bad syntax, nesting deep enough to exhaust the recursion limit, more than ``max_bytes``),
+    is a ``PayloadError`` naming ``what`` and the cause; nothing else escapes."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise PayloadError(f"{what}: {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{what}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except RecursionError as exc:
+        raise PayloadError(f"{what}: JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise PayloadError(f"{what}: not JSON ({exc})") from exc
 
 
 @lru_cache(maxsize=4096)

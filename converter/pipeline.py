@@ -247,7 +247,7 @@ def validation_figures(chosen: ModeResult, data: DataSet, keras_acc: float | Non
 
 def write_outputs(opts: ConvertOptions, outcome: Outcome) -> list[Path]:
     """Write into a temporary folder next to the target, then move each file into place."""
-    from agent.contract import sha256_file
+    from agent.files import sha256_file
 
     name = outcome.manifest.name
     created_out = not opts.out.exists()

@@ -13,8 +13,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import ModelManifest, parse_manifest, sha256_file
+from agent.contract import ModelManifest, parse_manifest
 from agent.errors import DeployError, ManifestError
+from agent.files import sha256_file
 from agent.models.signing import sign_manifest
 from agent.models.wire import commit_message, encode_chunk, manifest_message
 from deploy.broker import MqttSession

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import load_manifest, sha256_file
+from agent.contract import load_manifest
+from agent.files import sha256_file
 from agent.inference.engine import Engine
 from converter.cli import main
 from tests.support.reference_models import ReferenceModel

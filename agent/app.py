@@ -24,7 +24,6 @@ from agent.contract import (
     STATE_STOPPED,
     ModelManifest,
     Topics,
-    load_manifest,
 )
 from agent.errors import DeployError, EdgeError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
@@ -155,7 +154,7 @@ class AgentApp:
                  self.runtime_info())
 
     def _load_first_model(self) -> LoadedModel:
-        chosen = self._choose_model()
+        chosen = self.store.choose_at_start(self.cfg.model.manifest)
         try:
             return self.load(chosen)
         except EdgeError as exc:
@@ -167,19 +166,6 @@ class AgentApp:
             loaded = self.load(fallback)
             self.store.activate(fallback, reason=f"active model failed to load: {exc}")
             return loaded
-
-    def _choose_model(self) -> InstalledModel:
-        """The store's active model (a pushed one survives restarts), unless the config names a
-        model the store has not seen: then the operator changed it, and it wins."""
-        self.store.recover()
-        configured = load_manifest(self.cfg.model.manifest)
-        known = self.store.find(configured) is not None
-        installed = self.store.seed(self.cfg.model.manifest)
-        active = self.store.active()
-        if not known and (active is None or active.key != installed.key):
-            self.store.activate(installed, reason=f"config names {self.cfg.model.manifest}")
-            active = installed
-        return active or installed
 
     def _mqtt_options(self) -> MqttOptions:
         m = self.cfg.mqtt

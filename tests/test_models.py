@@ -177,3 +177,26 @@ def test_everything_damaged_gives_no_model(store: ModelStore, tmp_path: Path) ->
     v1 = install_active(store, tmp_path, "1")
     v1.model_path.write_bytes(b"x")
     assert store.recover() is None
+
+
+def test_choose_at_start_keeps_a_pushed_model_until_the_config_names_a_new_one(
+        store: ModelStore, tmp_path: Path) -> None:
+    cfg1 = write_bundle(tmp_path / "cfg1", fake_model("1"), version="1")
+    first = store.choose_at_start(cfg1)
+    assert store.active() == first and first.manifest.version == "1"
+    pushed = install_active(store, tmp_path, "2")
+    assert store.choose_at_start(cfg1) == pushed  # a restart keeps the pushed model
+    cfg3 = write_bundle(tmp_path / "cfg3", fake_model("3"), version="3")
+    third = store.choose_at_start(cfg3)  # the operator changed the config: it wins
+    assert third.manifest.version == "3" and store.active() == third
+    assert store.events()[-1]["reason"] == f"config names {cfg3}"
+    assert store.choose_at_start(cfg1) == third  # a model the store has seen does not
+
+
+def test_choose_at_start_cleans_up_what_a_crash_left(store: ModelStore, tmp_path: Path) -> None:
+    cfg1 = write_bundle(tmp_path / "cfg1", fake_model("1"), version="1")
+    store.choose_at_start(cfg1)
+    leftover = store.new_staging("push-half")
+    (leftover / "part").write_bytes(b"x")
+    store.choose_at_start(cfg1)
+    assert not leftover.exists()

@@ -293,6 +293,20 @@ class ModelStore:
 
     # -- start-up ---------------------------------------------------------------
 
+    def choose_at_start(self, configured: str | Path) -> InstalledModel:
+        """The model to start with, after ``recover``: the active one (a pushed model survives
+        restarts), unless the manifest at ``configured`` names a model this store has not
+        seen: then the operator changed the config, and it is activated and wins."""
+        with self._lock:
+            self._recover()
+            known = self.find(load_manifest(configured)) is not None
+            installed = self._seed(Path(configured))
+            active = self.active()
+            if not known and (active is None or active.key != installed.key):
+                self._activate(installed, reason=f"config names {configured}")
+                return installed
+            return active or installed
+
     def recover(self) -> InstalledModel | None:
         """Clean what a crash can leave and return a whole active model (or None)."""
         with self._lock:

@@ -14,7 +14,7 @@ import numpy as np
 
 from agent import __version__
 from agent.capture.camera import CameraOptions, CameraSource
-from agent.capture.samples import SequenceWindower
+from agent.capture.samples import SampleSource
 from agent.commands.handlers import build_command_handlers
 from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
@@ -24,8 +24,9 @@ from agent.contract import (
     STATE_STOPPED,
     ModelManifest,
     Topics,
+    WindowSpec,
 )
-from agent.errors import DeployError, EdgeError, SampleError
+from agent.errors import DeployError, EdgeError
 from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
 from agent.inference.engine import DelegateSpec, Engine
 from agent.inference.pipeline import (
@@ -42,7 +43,7 @@ from agent.mqtt.homeassistant import discovery_messages
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
 from agent.payloads import encode, labels_payload, status_body
-from agent.records import Frame, Result
+from agent.records import Result
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,7 @@ class AgentApp:
         self._stats_prev = (time.monotonic(), 0, 0)
         self._last_fps = 0.0
         self.cameras: list[CameraSource] = []
-        self.windowers: dict[str, SequenceWindower] = {}
-        self._window_counts: dict[str, int] = {}
-        self.sample_errors = 0
+        self.sample_sources: list[SampleSource] = []
         self.suppressed = 0
         p = cfg.publish
         self._change_filter = ChangeFilter(
@@ -198,32 +197,13 @@ class AgentApp:
         if self.model.manifest.task == "sequence":
             for src in self.cfg.sources:
                 if isinstance(src, MqttSourceConfig):
-                    for stream in src.streams:
-                        self.port.subscribe(self.topics.inputs(stream),
-                                            self._make_sample_handler(src))
+                    samples = SampleSource(src, self.topics, self.inbox, self._serving_window)
+                    self.sample_sources.append(samples)
+                    for f in samples.filters():
+                        self.port.subscribe(f, samples.handle)
 
-    def _make_sample_handler(self, src: MqttSourceConfig) -> Callable[[InboundMessage], None]:
-        def handle(msg: InboundMessage) -> None:
-            stream = Topics.last_segment(msg.topic)
-            windower = self.windowers.get(src.name)
-            if windower is None:
-                window = self.pipeline.model.manifest.window
-                assert window is not None
-                windower = self.windowers[src.name] = SequenceWindower(
-                    window, max_payload_bytes=src.max_payload_bytes,
-                    max_streams=src.max_streams)
-            try:
-                windows = windower.add(stream, msg.payload)
-            except SampleError as exc:
-                self.sample_errors += 1
-                log.warning("sample on %s rejected: %s", msg.topic, exc)
-                return
-            now, mono = time.time(), time.monotonic()
-            for w in windows:
-                index = self._window_counts.get(stream, 0)
-                self._window_counts[stream] = index + 1
-                self.inbox.put(Frame(stream, index, now, mono, w))
-        return handle
+    def _serving_window(self) -> WindowSpec | None:
+        return self.pipeline.model.manifest.window
 
     def _start_sources(self) -> None:
         for src in self.cfg.sources:
@@ -273,8 +253,6 @@ class AgentApp:
                               f"a {installed.manifest.task} model cannot replace it")
         loaded = self._wrap(installed, engine)
         self.pipeline.swap(loaded)
-        if installed.manifest.window != current.window:
-            self.windowers.clear()  # rebuilt with the new window on the next sample
         self.refresh_status()
 
     def _on_rollback(self, bad: LoadedModel, good: LoadedModel, reason: str) -> None:
@@ -372,7 +350,8 @@ class AgentApp:
             "dropped_overwritten": self.inbox.overwritten,
             "frame_errors": pl.counters.frame_errors,
             "inference_errors": pl.counters.inference_errors,
-            "sample_errors": self.sample_errors, "suppressed": self.suppressed,
+            "sample_errors": sum(s.rejected for s in self.sample_sources),
+            "suppressed": self.suppressed,
             "inference_ms_p50": percentile(pl.inference_ms, 50),
             "inference_ms_p95": percentile(pl.inference_ms, 95),
             "frame_age_ms_p50": percentile(pl.frame_age_ms, 50),

@@ -1,4 +1,5 @@
-"""SequenceWindower: payload parsing, rejection messages, window/stride behaviour."""
+"""SequenceWindower: payload parsing, rejection messages, window/stride behaviour; SampleSource:
+windows into frames, per stream, for the model serving now."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.capture.samples import SequenceWindower
-from agent.contract import WindowSpec
+from agent.capture.samples import SampleSource, SequenceWindower
+from agent.config import MqttSourceConfig
+from agent.contract import Topics, WindowSpec
 from agent.errors import SampleError
+from agent.records import Frame
 
 F = 3
 
@@ -176,3 +179,49 @@ def test_random_json_never_raises_anything_but_sample_error(obj: object) -> None
     except SampleError:
         return
     assert rows.ndim == 2 and rows.shape[1] == 2 and np.isfinite(rows).all()
+
+
+class Sample:
+    def __init__(self, topic: str, payload: bytes) -> None:
+        self.topic, self.payload = topic, payload
+
+
+class FrameList(list):
+    def put(self, frame: Frame) -> None:
+        self.append(frame)
+
+
+def sample_source(window: list[WindowSpec], **cfg: object) -> tuple[SampleSource, FrameList]:
+    frames = FrameList()
+    config = MqttSourceConfig.model_validate({"type": "mqtt", "name": "imu", **cfg})
+    return SampleSource(config, Topics("edge", "dev1"), frames, lambda: window[0]), frames
+
+
+def test_sample_source_subscribes_its_streams_and_numbers_windows_per_stream() -> None:
+    window = [WindowSpec(length=2, stride=1, features=F)]
+    source, frames = sample_source(window, streams=["wrist", "ankle"])
+    assert source.filters() == ["edge/dev1/in/wrist", "edge/dev1/in/ankle"]
+    source.handle(Sample("edge/dev1/in/wrist", b"[1, 2, 3, 4, 5, 6, 7, 8, 9]"))
+    source.handle(Sample("edge/dev1/in/ankle", b"[1, 2, 3, 4, 5, 6]"))
+    assert [(f.source, f.index) for f in frames] == [("wrist", 0), ("wrist", 1), ("ankle", 0)]
+    assert frames[1].data.tolist() == [[4, 5, 6], [7, 8, 9]]
+
+
+def test_sample_source_counts_rejected_samples_and_keeps_going() -> None:
+    source, frames = sample_source([WindowSpec(length=1, stride=1, features=F)])
+    source.handle(Sample("edge/dev1/in/a", b"[1, 2]"))
+    source.handle(Sample("edge/dev1/in/a", b"[1, 2, 3]"))
+    assert source.rejected == 1 and len(frames) == 1
+
+
+def test_sample_source_follows_the_serving_models_window_and_keeps_its_counts() -> None:
+    window = [WindowSpec(length=2, stride=2, features=F)]
+    source, frames = sample_source(window, max_streams=1)
+    source.handle(Sample("edge/dev1/in/a", b"[1, 2, 3]"))
+    source.handle(Sample("edge/dev1/in/b", b"[1, 2, 3]"))  # evicts a
+    assert source.evicted == 1 and frames == []
+    window[0] = WindowSpec(length=1, stride=1, features=F)  # a model with another window
+    source.handle(Sample("edge/dev1/in/b", b"[4, 5, 6]"))
+    assert [f.data.shape for f in frames] == [(1, F)]  # b started afresh, at the new length
+    source.handle(Sample("edge/dev1/in/c", b"[7, 8, 9]"))  # evicts b
+    assert source.evicted == 2

@@ -15,6 +15,9 @@ JSON is still reported as malformed JSON.
 Streams beyond ``max_streams``: the stream idle the longest is evicted (its partial window
 is lost, counted in ``evicted``). Refusing instead would let stale stream names lock out a
 new sensor until a restart; evicting keeps memory bounded either way.
+
+``SampleSource`` is one configured ``mqtt`` source: it takes the port's messages, cuts them
+with a windower for the model now serving, and puts each window in the inbox as a ``Frame``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
-from agent.contract import WindowSpec
+from agent.config import MqttSourceConfig
+from agent.contract import Topics, WindowSpec
 from agent.errors import SampleError
+from agent.records import Frame
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +216,77 @@ class SequenceWindower:
         values = _numbers(obj, plain).reshape(-1)
         _check_finite(values)
         return values.astype(np.float32).reshape(-1, features)
+
+
+
+class InboundSample(Protocol):
+    topic: str
+    payload: bytes
+
+
+class FrameSink(Protocol):
+    def put(self, frame: Frame) -> None: ...
+
+
+class SampleSource:
+    """One ``mqtt`` source of the config: samples on ``<base>/in/<stream>`` for each of its
+    streams, windowed for the model that serves now (``current_window``); a model with another
+    window starts every stream afresh. Rejected samples are logged and counted, never raised.
+    """
+
+    def __init__(self, config: MqttSourceConfig, topics: Topics, sink: FrameSink,
+                 current_window: Callable[[], WindowSpec | None]) -> None:
+        self.config = config
+        self._topics = topics
+        self._sink = sink
+        self._current_window = current_window
+        self._windower: SequenceWindower | None = None
+        self._lock = threading.Lock()
+        self._window_counts: dict[str, int] = {}
+        self.rejected = 0
+        self._evicted_before = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def evicted(self) -> int:
+        """Streams evicted for ``max_streams``, over every windower this source had."""
+        windower = self._windower
+        return self._evicted_before + (windower.evicted if windower else 0)
+
+    def filters(self) -> list[str]:
+        return [self._topics.inputs(stream) for stream in self.config.streams]
+
+    def handle(self, msg: InboundSample) -> None:
+        stream = Topics.last_segment(msg.topic)
+        try:
+            windows = self._windower_now().add(stream, msg.payload)
+        except SampleError as exc:
+            self.rejected += 1
+            log.warning("sample on %s rejected: %s", msg.topic, exc)
+            return
+        now, mono = time.time(), time.monotonic()
+        for w in windows:
+            index = self._window_counts.get(stream, 0)
+            self._window_counts[stream] = index + 1
+            self._sink.put(Frame(stream, index, now, mono, w))
+
+    def _windower_now(self) -> SequenceWindower:
+        window = self._current_window()
+        if window is None:
+            raise SampleError("the model serving now takes no samples")
+        with self._lock:
+            windower = self._windower
+            if windower is None or (windower.window is not window
+                                    and windower.window != window):
+                if windower is not None:
+                    self._evicted_before += windower.evicted
+                windower = self._windower = SequenceWindower(
+                    window, max_payload_bytes=self.config.max_payload_bytes,
+                    max_streams=self.config.max_streams)
+            return windower
 
 
 def _numbers(obj: list, plain: bool) -> np.ndarray:

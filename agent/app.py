@@ -27,7 +27,7 @@ from agent.contract import (
     WindowSpec,
 )
 from agent.errors import DeployError, EdgeError
-from agent.health import HealthMonitor, SystemdNotifier, open_fds, percentile, rss_mb
+from agent.health import HealthMonitor, ProgressPolicy, StatsRecorder, SystemdNotifier
 from agent.inference.engine import DelegateSpec, Engine
 from agent.inference.pipeline import (
     FrameInbox,
@@ -71,11 +71,8 @@ class AgentApp:
         self._source_states: dict[str, str] = {}
         self._state = STATE_ONLINE
         self._reason: str | None = None
-        self._stats_prev = (time.monotonic(), 0, 0)
-        self._last_fps = 0.0
         self.cameras: list[CameraSource] = []
         self.sample_sources: list[SampleSource] = []
-        self.suppressed = 0
         p = cfg.publish
         self._change_filter = ChangeFilter(
             p.hysteresis, p.min_interval_ms / 1000.0, on_change=p.on_change) \
@@ -133,14 +130,18 @@ class AgentApp:
             rollback_after_failures=cfg.pipeline.rollback_after_failures,
             probation_frames=cfg.pipeline.probation_frames,
             on_rollback=self._on_rollback, on_first_inference=self._on_first_inference)
+        self.stats = StatsRecorder(self.pipeline, self.port, cameras=self.cameras,
+                                   sample_sources=self.sample_sources,
+                                   change_filter=self._change_filter,
+                                   started_mono=self.started_mono)
+        self.health = HealthMonitor(
+            self.notifier, ProgressPolicy(self.pipeline, self.cameras, cfg.health.stall_s),
+            self._status_line, self._publish_stats,
+            stats_interval_s=cfg.publish.stats_interval_s, watchdog_s=self._watchdog_s)
         self._subscribe_control()
         self.port.start()
         self.pipeline.start()
         self._start_sources()
-        self.health = HealthMonitor(self.notifier, self._progress_ok, self._status_line,
-                                    self._publish_stats,
-                                    stats_interval_s=cfg.publish.stats_interval_s,
-                                    watchdog_s=self._watchdog_s)
         self.health.start()
         if self.model.manifest.task == "sequence":
             self._on_first_inference()
@@ -226,7 +227,6 @@ class AgentApp:
     def _publish_result(self, result: Result) -> None:
         if self._change_filter is not None and not self._change_filter.passes(
                 result.source, result.labels):
-            self.suppressed += 1
             return
         payload = labels_payload(result, self.pipeline.run_id)
         self.port.publish_durable(self.topics.labels, payload, qos=self.cfg.mqtt.qos)
@@ -313,58 +313,14 @@ class AgentApp:
                         self._ready_timeout_s)
             self._on_first_inference()
 
-    def _progress_ok(self) -> bool:
-        now = time.monotonic()
-        stall = self.cfg.health.stall_s
-        if now - self.pipeline.last_progress < stall:
-            return True
-        busy = self.pipeline.busy_since
-        if busy is not None and now - busy > stall:
-            return False  # stuck inside the interpreter
-        if self.inbox.pending() > 0:
-            return False  # frames waiting but nothing is inferred
-        if self.pipeline.paused:
-            return True
-        return all(cam.waiting_legitimately or now - cam.last_progress_mono < stall
-                   for cam in self.cameras)
-
     def _status_line(self) -> str:
-        fps = self._last_fps
+        fps = self.stats.last_fps
         return (f"{self._state}; model {self.pipeline.model.manifest.name} "
                 f"{self.pipeline.model.manifest.version}; {fps:.1f} fps")
 
-    def stats_body(self) -> dict:
-        now = time.monotonic()
-        t0, put0, inf0 = self._stats_prev
-        put, inf = self.inbox.put_count, self.pipeline.counters.inferences
-        dt = max(now - t0, 1e-6)
-        self._stats_prev = (now, put, inf)
-        self._last_fps = (inf - inf0) / dt
-        pl = self.pipeline
-        port = self.port.stats()
-        top1 = list(pl.top1)
-        return {
-            "fps_in": round((put - put0) / dt, 2), "fps_out": round(self._last_fps, 2),
-            "frames_in": put, "inferences": inf,
-            "dropped_stale": pl.counters.dropped_stale,
-            "dropped_overwritten": self.inbox.overwritten,
-            "frame_errors": pl.counters.frame_errors,
-            "inference_errors": pl.counters.inference_errors,
-            "sample_errors": sum(s.rejected for s in self.sample_sources),
-            "suppressed": self.suppressed,
-            "inference_ms_p50": percentile(pl.inference_ms, 50),
-            "inference_ms_p95": percentile(pl.inference_ms, 95),
-            "frame_age_ms_p50": percentile(pl.frame_age_ms, 50),
-            "outbox_depth": port.get("outbox_depth"), "outbox_dropped": port.get("outbox_dropped"),
-            "outbox_set_aside": port.get("set_aside"), "mqtt_reconnects": port.get("reconnects"),
-            "rss_mb": rss_mb(), "open_fds": open_fds(),
-            "uptime_s": round(now - self.started_mono, 1),
-            "mean_top1": round(sum(top1) / len(top1), 4) if top1 else None,
-            "paused": pl.paused, "ts": round(time.time(), 3),
-        }
-
     def _publish_stats(self) -> None:
-        self.port.publish(self.topics.stats, encode(self.stats_body()), qos=0, retain=True)
+        self.port.publish(self.topics.stats, encode(self.stats.record().as_dict()), qos=0,
+                          retain=True)
 
     # -- stop ------------------------------------------------------------------
 

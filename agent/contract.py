@@ -6,6 +6,7 @@ See ``shared/PRODUCT.md`` for the prose version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
@@ -94,6 +95,42 @@ class Topics:
     @staticmethod
     def last_segment(topic: str) -> str:
         return topic.rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------- stats
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsRecord:
+    """The retained ``<base>/stats`` message. Rates (``fps_*``) are over the interval since the
+    previous record; counts are since the agent started; ``None`` where nothing was measured."""
+
+    fps_in: float
+    fps_out: float
+    frames_in: int
+    inferences: int
+    dropped_stale: int
+    dropped_overwritten: int
+    frame_errors: int
+    inference_errors: int
+    sample_errors: int
+    suppressed: int
+    inference_ms_p50: float | None
+    inference_ms_p95: float | None
+    frame_age_ms_p50: float | None
+    outbox_depth: int | None
+    outbox_dropped: int | None
+    outbox_set_aside: int | None
+    mqtt_reconnects: int | None
+    rss_mb: float
+    open_fds: int
+    uptime_s: float
+    mean_top1: float | None
+    paused: bool
+    ts: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- manifest

@@ -1,4 +1,5 @@
-"""systemd notification (READY, WATCHDOG, STATUS, STOPPING) and the periodic stats record."""
+"""systemd notification (READY, WATCHDOG, STATUS, STOPPING), the progress policy the watchdog
+follows, and the periodic stats record."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from agent.capture.camera import CameraSource
+from agent.capture.samples import SampleSource
+from agent.contract import StatsRecord
+from agent.inference.pipeline import Pipeline
+from agent.inference.postprocess import ChangeFilter
+from agent.mqtt.port import MqttPort
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +140,73 @@ class HealthMonitor:
             self.withheld += 1
             self._notifier.notify(f"STATUS=stalled: {status}")
             log.warning("pipeline made no progress: withholding the watchdog ping")
+
+
+class ProgressPolicy:
+    """The watchdog's test, true while the agent does its work: it inferred within ``stall_s``,
+    or it has nothing to do (paused, or every camera waits for a reason or delivered lately).
+    False when an invoke hangs longer than ``stall_s`` or frames wait and none is inferred."""
+
+    def __init__(self, pipeline: Pipeline, cameras: Sequence[CameraSource],
+                 stall_s: float) -> None:
+        self._pipeline = pipeline
+        self._cameras = cameras
+        self.stall_s = stall_s
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        stall, pipeline = self.stall_s, self._pipeline
+        if now - pipeline.last_progress < stall:
+            return True
+        busy = pipeline.busy_since
+        if busy is not None and now - busy > stall:
+            return False  # stuck inside the interpreter
+        if pipeline.inbox.pending() > 0:
+            return False  # frames waiting but nothing is inferred
+        if pipeline.paused:
+            return True
+        return all(cam.waiting_legitimately or now - cam.last_progress_mono < stall
+                   for cam in self._cameras)
+
+
+class StatsRecorder:
+    """Builds each ``StatsRecord`` from the stages' own counters; remembers the last one's
+    output rate (``last_fps``) for the status line."""
+
+    def __init__(self, pipeline: Pipeline, port: MqttPort, *, cameras: Sequence[CameraSource],
+                 sample_sources: Sequence[SampleSource], change_filter: ChangeFilter | None,
+                 started_mono: float) -> None:
+        self._pipeline = pipeline
+        self._port = port
+        self._cameras = cameras
+        self._sample_sources = sample_sources
+        self._change_filter = change_filter
+        self._started_mono = started_mono
+        self._prev = (time.monotonic(), 0, 0)
+        self.last_fps = 0.0
+
+    def record(self) -> StatsRecord:
+        now = time.monotonic()
+        pl, inbox = self._pipeline, self._pipeline.inbox
+        t0, put0, inf0 = self._prev
+        put, inf = inbox.put_count, pl.counters.inferences
+        dt = max(now - t0, 1e-6)
+        self._prev = (now, put, inf)
+        self.last_fps = (inf - inf0) / dt
+        port = self._port.stats()
+        top1 = list(pl.top1)
+        return StatsRecord(
+            fps_in=round((put - put0) / dt, 2), fps_out=round(self.last_fps, 2),
+            frames_in=put, inferences=inf, dropped_stale=pl.counters.dropped_stale,
+            dropped_overwritten=inbox.overwritten, frame_errors=pl.counters.frame_errors,
+            inference_errors=pl.counters.inference_errors,
+            sample_errors=sum(s.rejected for s in self._sample_sources),
+            suppressed=self._change_filter.suppressed if self._change_filter else 0,
+            inference_ms_p50=percentile(pl.inference_ms, 50),
+            inference_ms_p95=percentile(pl.inference_ms, 95),
+            frame_age_ms_p50=percentile(pl.frame_age_ms, 50),
+            outbox_depth=port.get("outbox_depth"), outbox_dropped=port.get("outbox_dropped"),
+            outbox_set_aside=port.get("set_aside"), mqtt_reconnects=port.get("reconnects"),
+            rss_mb=rss_mb(), open_fds=open_fds(), uptime_s=round(now - self._started_mono, 1),
+            mean_top1=round(sum(top1) / len(top1), 4) if top1 else None,
+            paused=pl.paused, ts=round(time.time(), 3))

@@ -122,6 +122,7 @@ def test_change_filter_hysteresis_and_rate() -> None:
     assert not f.passes("s", a, now=2.0)  # unchanged
     assert not f.passes("s", b_close, now=3.0)  # within hysteresis
     assert f.passes("s", b_clear, now=4.0)
+    assert f.suppressed == 3
 
 
 # -- inbox and pipeline -------------------------------------------------------------------

@@ -84,10 +84,17 @@ class ChangeFilter:
         self.min_interval_s = min_interval_s
         self.heartbeat_s = heartbeat_s
         self._last: dict[str, tuple[str, float]] = {}
+        self.suppressed = 0
 
     def passes(self, source: str, labels: tuple[LabelScore, ...],
                now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+        """Whether to publish this result; the ones held back are counted in ``suppressed``."""
+        if self._passes(source, labels, time.monotonic() if now is None else now):
+            return True
+        self.suppressed += 1
+        return False
+
+    def _passes(self, source: str, labels: tuple[LabelScore, ...], now: float) -> bool:
         top = labels[0].label if labels else ""
         score = labels[0].score if labels else 0.0
         last = self._last.get(source)

@@ -73,7 +73,12 @@ class Topics:
 
     def model(self, part: str) -> str:
         """``part`` is ``manifest``, ``chunk``, ``commit`` or ``result``."""
-        return f"{self.base}/model/{part}"
+        return model_part(self.model_base, part)
+
+    @property
+    def model_base(self) -> str:
+        """Where a push to this device goes (``<base>/model/<part>``)."""
+        return f"{self.base}/model"
 
     def group_base(self, group: str) -> str:
         return f"{self.prefix}/group/{group}"
@@ -95,6 +100,70 @@ class Topics:
     @staticmethod
     def last_segment(topic: str) -> str:
         return topic.rsplit("/", 1)[-1]
+
+
+def model_part(model_base: str, part: str) -> str:
+    """``<model base>/<part>``: the topic of one part of a push."""
+    return f"{model_base}/{part}"
+
+
+class FleetTopics:
+    """Topics the fleet side (``edge-deploy``, collectors) uses for every device under a prefix.
+
+    Identity comes from the topic: ``device_of`` reads the device id from ``<prefix>/<id>/...``
+    and never from a payload field.
+    """
+
+    STATUS = "status"
+    STATS = "stats"
+    MODEL_RESULT = "model/result"
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix.strip("/")
+
+    def device(self, device_id: str) -> Topics:
+        return Topics(self.prefix, device_id)
+
+    def group_model_base(self, group: str) -> str:
+        """Where a push to every member of ``group`` goes."""
+        return f"{self.prefix}/group/{group}/model"
+
+    def group_cmd(self, group: str, name: str) -> str:
+        return f"{self.prefix}/group/{group}/cmd/{name}"
+
+    @property
+    def status_filter(self) -> str:
+        return f"{self.prefix}/+/{self.STATUS}"
+
+    @property
+    def stats_filter(self) -> str:
+        return f"{self.prefix}/+/{self.STATS}"
+
+    @property
+    def model_result_filter(self) -> str:
+        return f"{self.prefix}/+/{self.MODEL_RESULT}"
+
+    def probe(self, client_id: str) -> str:
+        """A topic only this client uses: its own message there marks the end of the
+        retained messages the broker sent for its earlier subscriptions."""
+        return f"{self.prefix}/_fleet/probe/{client_id}"
+
+    @property
+    def model_filters(self) -> list[str]:
+        """Every model-delivery part on device and group topics (what a push sends)."""
+        return [f"{self.prefix}/+/model/+", f"{self.prefix}/group/+/model/+"]
+
+    def device_of(self, topic: str, suffix: str) -> str | None:
+        """The device id in ``<prefix>/<id>/<suffix>`` (``suffix`` one of ``STATUS``,
+        ``STATS``, ``MODEL_RESULT``); None for any other topic."""
+        head = f"{self.prefix}/"
+        tail = f"/{suffix}"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        device = topic[len(head):len(topic) - len(tail)]
+        if not device or "/" in device or device == "group":
+            return None
+        return device
 
 
 # --------------------------------------------------------------------------- stats

@@ -54,8 +54,8 @@ class MqttSession:
         self._connected = threading.Event()
         self._refusal: str | None = None
         self._handlers: list[MessageHandler] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"{client_prefix}-{uuid.uuid4().hex[:8]}",
+        self.client_id = f"{client_prefix}-{uuid.uuid4().hex[:8]}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=mqtt.MQTTv311)
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish

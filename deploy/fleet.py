@@ -1,4 +1,8 @@
-"""Fleet view from retained ``<prefix>/+/status`` and ``<prefix>/+/stats`` messages."""
+"""Fleet view from retained ``<prefix>/+/status`` and ``<prefix>/+/stats`` messages.
+
+A device is the one named by the topic (``<prefix>/<id>/status``); a ``device`` field in the
+payload is never believed, so a device cannot make another look offline.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.contract import STATE_DEGRADED, STATE_ONLINE
+from agent.contract import STATE_DEGRADED, STATE_ONLINE, FleetTopics
 from deploy.broker import MqttSession
 
 LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED)
@@ -42,59 +46,77 @@ class DeviceView:
     @property
     def last_seen(self) -> float | None:
         stamps = [v for v in (self.status.get("ts"), self.status.get("since"),
-                              self.stats.get("ts")) if isinstance(v, int | float)]
+                              self.stats.get("ts")) if isinstance(v, int | float)
+                  and not isinstance(v, bool)]
         return max(stamps) if stamps else None
 
 
-def collect_fleet(session: MqttSession, prefix: str, wait_s: float = 1.0) -> list[DeviceView]:
-    """Subscribe to the retained status and stats topics and gather for ``wait_s`` seconds."""
-    views: dict[str, DeviceView] = {}
-    lock = threading.Lock()
+class FleetWatch:
+    """Keeps the latest status and stats of every device, from a live subscription."""
 
-    def on_message(topic: str, payload: bytes, retain: bool) -> None:
-        parts = topic.split("/")
-        if len(parts) < 2 or parts[-1] not in ("status", "stats"):
+    def __init__(self, session: MqttSession, fleet: FleetTopics) -> None:
+        self._fleet = fleet
+        self._cond = threading.Condition()
+        self._views: dict[str, DeviceView] = {}
+        self._probe = fleet.probe(session.client_id)
+        self._probed = False
+        session.add_handler(self._on_message)
+        session.subscribe(fleet.status_filter)
+        session.subscribe(fleet.stats_filter)
+        session.subscribe(self._probe)
+        self._subscribed = time.monotonic()
+        session.publish(self._probe, b"end of retained")
+
+    def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        if topic == self._probe:
+            with self._cond:
+                self._probed = True
+                self._cond.notify_all()
+            return
+        for kind in (FleetTopics.STATUS, FleetTopics.STATS):
+            device = self._fleet.device_of(topic, kind)
+            if device is not None:
+                break
+        else:
             return
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return
         if not isinstance(data, dict):
             return
-        device = str(data.get("device") or parts[-2])
-        with lock:
-            view = views.setdefault(device, DeviceView(device))
-            setattr(view, parts[-1], data)
+        with self._cond:
+            view = self._views.setdefault(device, DeviceView(device))
+            setattr(view, kind, data)
+            self._cond.notify_all()
 
-    session.add_handler(on_message)
-    session.subscribe(f"{prefix}/+/status")
-    session.subscribe(f"{prefix}/+/stats")
-    time.sleep(wait_s)  # retained messages have no end marker; gather for a fixed time
-    with lock:
-        return sorted(views.values(), key=lambda v: v.device)
+    def settle(self, wait_s: float) -> bool:
+        """Wait until every retained status and stats has arrived: our own probe message comes
+        back after them (one connection keeps order). At most ``wait_s`` seconds after
+        subscribing; False when the probe did not come back in time."""
+        left = self._subscribed + wait_s - time.monotonic()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._probed, max(0.0, left))
+
+    def views(self) -> list[DeviceView]:
+        with self._cond:
+            return sorted((DeviceView(v.device, dict(v.status), dict(v.stats))
+                           for v in self._views.values()), key=lambda v: v.device)
+
+    def view(self, device: str) -> DeviceView | None:
+        with self._cond:
+            return self._views.get(device)
+
+
+def collect_fleet(session: MqttSession, prefix: str, wait_s: float = 1.0) -> list[DeviceView]:
+    """Subscribe to the retained status and stats topics and gather what is there."""
+    watch = FleetWatch(session, FleetTopics(prefix))
+    watch.settle(wait_s)
+    return watch.views()
 
 
 def group_members(views: Sequence[DeviceView], group: str) -> list[DeviceView]:
     return [v for v in views if group in v.groups]
-
-
-def _fmt(value: Any, digits: int = 1) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-"
-    if isinstance(value, int | float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _age(ts: float | None, now: float) -> str:
-    if ts is None:
-        return "-"
-    age = max(0.0, now - ts)
-    if age < 120:
-        return f"{age:.0f}s ago"
-    if age < 7200:
-        return f"{age / 60:.0f}m ago"
-    return f"{age / 3600:.1f}h ago"
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -103,12 +125,3 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
-
-
-def status_table(views: Sequence[DeviceView], now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    rows = [[v.device, v.state, str(v.model.get("name") or "-"),
-             str(v.model.get("version") or "-"), _fmt(v.stats.get("fps_out")),
-             _fmt(v.stats.get("inference_ms_p95"), 2), _age(v.last_seen, now)] for v in views]
-    return format_table(["DEVICE", "STATE", "MODEL", "VERSION", "FPS", "INFER_P95_MS",
-                         "LAST_SEEN"], rows)

@@ -13,16 +13,33 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import ModelManifest, parse_manifest
+from agent.contract import (
+    STATE_OFFLINE,
+    FleetTopics,
+    ModelManifest,
+    model_part,
+    parse_manifest,
+)
 from agent.errors import DeployError, ManifestError
 from agent.files import sha256_file
 from agent.models.signing import sign_manifest
-from agent.models.wire import commit_message, encode_chunk, manifest_message
+from agent.models.wire import (
+    RESULT_ERROR,
+    RESULT_NOOP,
+    RESULT_OK,
+    RESULT_REFUSED,
+    RESULT_ROLLED_BACK,
+    commit_message,
+    encode_chunk,
+    manifest_message,
+)
 from deploy.broker import MqttSession
-from deploy.fleet import DeviceView
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 ACK_WINDOW = 16
+# Outcomes edge-deploy adds to the devices' own results (ok, noop, refused, error, rolled_back)
+RESULT_TIMEOUT, RESULT_SKIPPED, RESULT_OFFLINE = "timeout", "skipped", STATE_OFFLINE
+FAILED_RESULTS = frozenset({RESULT_REFUSED, RESULT_ERROR, RESULT_ROLLED_BACK, RESULT_TIMEOUT})
 Progress = Callable[[int, int], None]
 
 
@@ -45,7 +62,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.result in ("ok", "noop", "offline")
+        return self.result in (RESULT_OK, RESULT_NOOP, RESULT_OFFLINE)
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -90,52 +107,93 @@ def new_push_id() -> str:
 def send_push(session: MqttSession, model_base: str, push_id: str, bundle: Bundle,
               key: Ed25519PrivateKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
               progress: Progress | None = None, ack_timeout: float = 60.0) -> None:
-    """Publish manifest, chunks and commit on ``<model_base>/<part>`` at QoS 1.
+    """Publish manifest, chunks and commit on ``<model_base>/<part>`` at QoS 1 (``model_base``
+    from ``Topics.model_base`` or ``FleetTopics.group_model_base``).
 
     The manifest is acknowledged before the first chunk, and at most ``ACK_WINDOW`` chunks are
     unacknowledged at a time, so memory stays flat and the broker sees them in order.
     """
     signature = sign_manifest(bundle.raw, key)
-    mid = session.publish(f"{model_base}/manifest",
+    mid = session.publish(model_part(model_base, "manifest"),
                           manifest_message(push_id, bundle.raw, signature, chunk_size))
     session.wait_acked({mid}, ack_timeout)
     total = len(bundle.model)
+    chunk_topic = model_part(model_base, "chunk")
     mids: set[int] = set()
     for index, offset in enumerate(range(0, total, chunk_size)):
         data = bundle.model[offset:offset + chunk_size]
-        mids.add(session.publish(f"{model_base}/chunk", encode_chunk(push_id, index, data)))
+        mids.add(session.publish(chunk_topic, encode_chunk(push_id, index, data)))
         session.wait_acked(mids, ack_timeout, max_unacked=ACK_WINDOW)
         if progress:
             progress(min(offset + len(data), total), total)
     session.wait_acked(mids, ack_timeout)
-    session.wait_acked({session.publish(f"{model_base}/commit", commit_message(push_id))},
+    session.wait_acked({session.publish(model_part(model_base, "commit"), commit_message(push_id))},
                        ack_timeout)
 
 
-class ResultCollector:
-    """Collects ``<prefix>/+/model/result`` messages, keyed by push id and device."""
+@dataclass(frozen=True)
+class Rollback:
+    """A device's report that it rolled a model back after the swap."""
 
-    def __init__(self, session: MqttSession, prefix: str) -> None:
+    device: str
+    name: str | None
+    version: str | None
+    reason: str | None
+    received: float
+
+
+class ResultCollector:
+    """Collects ``<prefix>/+/model/result`` messages, keyed by push id and device.
+
+    The device is the one named by the topic; a ``device`` field in the payload is ignored,
+    so a device can only ever report for itself (the broker ACL confines it to its topics).
+    """
+
+    def __init__(self, session: MqttSession, fleet: FleetTopics) -> None:
+        self._fleet = fleet
         self._cond = threading.Condition()
         self._results: dict[tuple[str, str], dict[str, Any]] = {}
+        self._rollbacks: list[Rollback] = []
         session.add_handler(self._on_message)
-        session.subscribe(f"{prefix}/+/model/result")
+        session.subscribe(fleet.model_result_filter)
 
     def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        if not topic.endswith("/model/result"):
+        device = self._fleet.device_of(topic, FleetTopics.MODEL_RESULT)
+        if device is None:
             return
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return
-        if isinstance(data, dict) and data.get("push_id") and data.get("device"):
-            with self._cond:
-                self._results[(str(data["push_id"]), str(data["device"]))] = data
-                self._cond.notify_all()
+        if not isinstance(data, dict):
+            return
+        with self._cond:
+            if data.get("result") == RESULT_ROLLED_BACK:
+                self._rollbacks.append(Rollback(device, _text(data.get("name")),
+                                                _text(data.get("version")),
+                                                _text(data.get("reason")), time.time()))
+            elif isinstance(data.get("push_id"), str):
+                self._results[(data["push_id"], device)] = data
+            self._cond.notify_all()
 
     def devices(self, push_id: str) -> set[str]:
         with self._cond:  # re-entrant: also called inside wait()
             return {d for (p, d) in self._results if p == push_id}
+
+    def answered(self, push_ids: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Results so far for ``{device: push_id}``."""
+        with self._cond:
+            return {d: self._results[(p, d)] for d, p in push_ids.items()
+                    if (p, d) in self._results}
+
+    def rollbacks(self, since: float = 0.0) -> list[Rollback]:
+        with self._cond:
+            return [r for r in self._rollbacks if r.received >= since]
+
+    def wait_change(self, timeout: float) -> None:
+        """Return when any result arrives, or after ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait(timeout)
 
     def wait(self, push_id: str, devices: set[str], timeout: float) -> dict[str, dict[str, Any]]:
         """Results of ``devices`` that arrive within ``timeout`` (fewer on timeout)."""
@@ -144,11 +202,19 @@ class ResultCollector:
             return {d: r for (p, d), r in self._results.items() if p == push_id}
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def outcome_of(device: str, result: dict[str, Any]) -> Outcome:
+    return Outcome(device, str(result.get("result")), _text(result.get("version")),
+                   _text(result.get("reason")))
+
+
 def outcomes(results: dict[str, dict[str, Any]], expected: set[str],
              timeout: float) -> list[Outcome]:
-    rows = [Outcome(d, str(r.get("result")), r.get("version"), r.get("reason"))
-            for d, r in results.items()]
-    rows += [Outcome(d, "timeout", None, f"no result within {timeout:g} s")
+    rows = [outcome_of(d, r) for d, r in results.items() if d in expected]
+    rows += [Outcome(d, RESULT_TIMEOUT, None, f"no result within {timeout:g} s")
              for d in expected - set(results)]
     return sorted(rows, key=lambda o: o.device)
 
@@ -161,32 +227,3 @@ def push_and_wait(session: MqttSession, collector: ResultCollector, model_base: 
     send_push(session, model_base, push_id, bundle, key, chunk_size, progress)
     results = collector.wait(push_id, expected, timeout)
     return outcomes(results, expected, timeout)
-
-
-def push_group(session: MqttSession, collector: ResultCollector, prefix: str, group: str,
-               members: list[DeviceView], bundle: Bundle, key: Ed25519PrivateKey, *,
-               timeout: float, canary: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE,
-               progress: Progress | None = None) -> list[Outcome]:
-    """Push to ``canary`` live members one by one, then to the rest on the group topic.
-
-    The rest is pushed only when every canary reports ok (or noop). Members whose retained
-    status is not live are listed as ``offline`` and not waited for.
-    """
-    live = sorted(v.device for v in members if v.live)
-    offline = [Outcome(v.device, "offline", v.model.get("version"),
-                       f"state {v.state}: not waited for") for v in members if not v.live]
-    if not live:
-        raise DeployError(f"no live device of group {group!r} found in the retained status "
-                          f"under {prefix}/+/status")
-    canaries, rest = live[:max(0, canary)], set(live[max(0, canary):])
-    rows: list[Outcome] = []
-    for device in canaries:
-        rows += push_and_wait(session, collector, f"{prefix}/{device}/model", {device}, bundle,
-                              key, timeout=timeout, chunk_size=chunk_size, progress=progress)
-    if not all(r.ok for r in rows):
-        rows += [Outcome(d, "skipped", None, "a canary failed") for d in sorted(rest)]
-    elif rest:
-        out = push_and_wait(session, collector, f"{prefix}/group/{group}/model", rest, bundle,
-                            key, timeout=timeout, chunk_size=chunk_size, progress=progress)
-        rows += [o for o in out if o.device not in canaries]
-    return sorted(rows + offline, key=lambda o: o.device)

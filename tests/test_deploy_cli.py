@@ -31,10 +31,18 @@ def bundle(tmp_path: Path) -> Path:
     return write_bundle(tmp_path / "model", tiny_tflite(), version="7")
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EDGE_DEPLOY_STATE_DIR", str(tmp_path / "deploy-state"))
+    return tmp_path / "deploy-state"
+
+
 @pytest.fixture
 def fleet(mosquitto: Mosquitto, tmp_path: Path, keys) -> Iterator[list[AgentHarness]]:
     agents = [AgentHarness(mosquitto.port, tmp_path / d, d, trusted_keys=[keys.public],
                            groups=("lobby",)) for d in ("cam1", "cam2")]
+    for d in ("cam1", "cam2"):
+        retain_status(mosquitto.port, d)
     yield agents
     for a in agents:
         a.close()
@@ -51,6 +59,13 @@ def retain_status(port: int, device: str, state: str = "online", groups=("lobby"
     infos = [pub.client.publish(t, json.dumps(p), qos=1, retain=True) for t, p in messages]
     pub.wait_acked({i.mid for i in infos}, 5)
     pub.close()
+
+
+def result_rows(out: str) -> dict[str, str]:
+    """``{device: result}`` from the table printed before the summary lines."""
+    table = out.split("\n\n")[0].splitlines()
+    assert table[0].split() == ["DEVICE", "RESULT", "VERSION", "REASON"], out
+    return {line.split()[0]: line.split()[1] for line in table[1:]}
 
 
 def push_args(mosquitto: Mosquitto, bundle: Path, keys, *extra: str) -> list[str]:
@@ -90,10 +105,27 @@ def test_refusal_exits_non_zero_with_the_reason(mosquitto, fleet, bundle, tmp_pa
 
 
 def test_no_answer_is_a_timeout(mosquitto, bundle, keys, capsys) -> None:
-    code = main(push_args(mosquitto, bundle, keys, "--device", "ghost", "--timeout", "0.5",
+    retain_status(mosquitto.port, "mute")  # says it is online, but nothing receives pushes
+    code = main(push_args(mosquitto, bundle, keys, "--device", "mute", "--timeout", "0.5",
                           "--quiet"))
     out = capsys.readouterr().out
-    assert code == 1 and "ghost" in out and "timeout" in out
+    assert code == 1 and "mute" in out and "timeout" in out
+
+
+def test_push_to_a_device_with_no_status_fails_early(mosquitto, bundle, keys, capsys) -> None:
+    code = main(push_args(mosquitto, bundle, keys, "--device", "ghost", "--timeout", "5",
+                          "--quiet"))
+    captured = capsys.readouterr()
+    assert code == 2, captured  # a usage error before anything is sent, not a timeout
+    assert "no device 'ghost' has a retained status under edge/ghost/status" in captured.err
+    assert "timeout" not in captured.out
+
+
+def test_push_to_an_offline_device_is_not_sent(mosquitto, bundle, keys, capsys) -> None:
+    retain_status(mosquitto.port, "cam9", state="offline")
+    code = main(push_args(mosquitto, bundle, keys, "--device", "cam9", "--quiet"))
+    out = capsys.readouterr().out
+    assert code == 1 and "offline" in out and "not pushed" in out
 
 
 def test_group_push_learns_members_from_retained_status(mosquitto, fleet, bundle, keys,
@@ -105,7 +137,7 @@ def test_group_push_learns_members_from_retained_status(mosquitto, fleet, bundle
     code = main(push_args(mosquitto, bundle, keys, "--group", "lobby", "--quiet"))
     out = capsys.readouterr().out
     assert code == 0, out
-    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
+    rows = result_rows(out)
     assert rows == {"cam1": "ok", "cam2": "ok", "cam3": "offline"}
 
 
@@ -126,7 +158,7 @@ def test_canary_goes_first_and_a_failed_canary_stops_the_rollout(mosquitto, bund
             a.close()
     out = capsys.readouterr().out
     assert code == 1
-    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
+    rows = result_rows(out)
     assert rows == {"a": "refused", "b": "skipped"}
     assert agents[1].results == []
 
@@ -152,8 +184,11 @@ def test_status_prints_state_model_fps_and_p95(mosquitto, capsys) -> None:
     assert lines[0].split() == ["DEVICE", "STATE", "MODEL", "VERSION", "FPS", "INFER_P95_MS",
                                 "LAST_SEEN"]
     assert lines[1].split()[:6] == ["cam1", "online", "tiny", "1", "14.5", "3.25"]
+    assert lines[-1] == ("2 devices: 2 online, 0 degraded, 0 stale, 0 offline, 0 stopped; "
+                         "models: tiny 1: 2")
     assert main(["status", "--group", "hall", "--broker", mosquitto.url, "--wait", "0.3"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["hall1"]
+    rows = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    assert [line.split()[0] for line in rows] == ["hall1"]
 
 
 def test_unreachable_broker_is_a_clear_error_exit_2(bundle, keys) -> None:

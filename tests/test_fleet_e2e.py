@@ -90,7 +90,8 @@ class Fleet:
         return subprocess.run(
             [sys.executable, "-m", "deploy.cli", "push", str(source), *target, "--broker",
              self.broker.url, "--key", str(key or self.keys.private), "--timeout", "30",
-             "--quiet"], capture_output=True, text=True, timeout=90, cwd=REPO)
+             "--quiet", "--state-dir", str(self.tmp / "deploy-state")],
+            capture_output=True, text=True, timeout=90, cwd=REPO)
 
     def labels(self, device: str) -> list[dict[str, Any]]:
         return [m.json() for m in self.sub.on_topic(f"edge/{device}/labels")]

@@ -23,6 +23,7 @@ PARTS = ("manifest", "chunk", "commit")
 PART_FILE = ".model.part"
 
 RESULT_OK, RESULT_REFUSED, RESULT_NOOP, RESULT_ERROR = "ok", "refused", "noop", "error"
+RESULT_ROLLED_BACK = "rolled_back"  # sent by the agent after the swap, without a push id
 
 
 class Refused(DeployError):

@@ -62,6 +62,11 @@ def add_rollout_parsers(sub: argparse._SubParsersAction,
     resume.add_argument("--format", choices=("table", "json"), default="table",
                         help="result on stdout")
     resume.add_argument("--list", action="store_true", help="one line per device")
+    for flag, what in (("--soak", "time between waves"), ("--timeout", "seconds to wait for "
+                       "a wave's results"), ("--max-failures", "failure share that stops it"),
+                       ("--abort-after", "answers before the rule is judged")):
+        resume.add_argument(flag, default=None, help=f"change the {what} (default: as the "
+                            f"rollout started)")
     state_dir(resume)
     abort = rsub.add_parser("abort", help="stop a rollout: nothing more is pushed",
                             formatter_class=formatter)
@@ -139,11 +144,28 @@ def push_group_rollout(args: argparse.Namespace) -> int:
         session.close()
 
 
+def _changed_policy(record: RolloutRecord, args: argparse.Namespace) -> RolloutPolicy:
+    policy = dict(record.policy)
+    if args.soak is not None:
+        policy["soak_s"] = parse_duration(args.soak)
+    if args.timeout is not None:
+        policy["timeout_s"] = parse_duration(args.timeout)
+    if args.max_failures is not None:
+        policy["max_failure_share"] = parse_share(args.max_failures)
+    if args.abort_after is not None:
+        try:
+            policy["min_answered"] = int(args.abort_after)
+        except ValueError as exc:
+            raise DeployError(f"--abort-after {args.abort_after!r}: expected a count") from exc
+    return RolloutPolicy.from_dict(policy)
+
+
 def _resume(args: argparse.Namespace) -> int:
     store = _store(args)
     record = store.load(args.id)
     if record.state in (DONE, ABORTED):
         raise DeployError(f"rollout {record.id} is {record.state}; start a new push instead")
+    record.policy = _changed_policy(record, args).as_dict()
     bundle = load_bundle(record.source)
     if bundle.manifest.sha256 != record.model.get("sha256"):
         raise DeployError(f"{record.source}: the model changed since rollout {record.id} "

@@ -15,7 +15,6 @@ from deploy.cli import main
 from deploy.status_view import parse_duration
 from tests.support.broker import Mosquitto
 
-NOW = time.time()
 # device: (state, model version, seconds since last heard, fps)
 DEVICES = {
     "cam01": ("online", "2", 1, 15.0),
@@ -23,22 +22,23 @@ DEVICES = {
     "cam03": ("online", "1", 300, 14.0),  # live by its status, silent for 5 minutes: stale
     "cam04": ("degraded", "1", 3, 3.0),
     "cam05": ("offline", "1", 900, None),
-    "cam06": ("stopped", "2", 50, None),
+    "cam06": ("stopped", "2", 20, None),
 }
 
 
 @pytest.fixture
 def fleet(mosquitto: Mosquitto) -> Mosquitto:
+    now = time.time()
     pub = MqttSession(mosquitto.url)
     mids = set()
     for device, (state, version, age, fps) in DEVICES.items():
         status = {"state": state, "groups": ["hall"] if device < "cam03" else ["lobby"],
                   "model": {"name": "digits", "version": version, "sha256": "0" * 64},
-                  "ts": NOW - age, "since": NOW - 3600}
+                  "ts": now - age, "since": now - 3600}
         mids.add(pub.client.publish(f"edge/{device}/status", json.dumps(status), qos=1,
                                     retain=True).mid)
         if fps is not None:
-            stats = {"fps_out": fps, "inference_ms_p95": 1.5, "ts": NOW - age}
+            stats = {"fps_out": fps, "inference_ms_p95": 1.5, "ts": now - age}
             mids.add(pub.client.publish(f"edge/{device}/stats", json.dumps(stats), qos=1,
                                         retain=True).mid)
     pub.client.publish("edge/cam07/status", b"\xff not json", qos=1, retain=True)

@@ -15,12 +15,14 @@ import numpy as np
 from agent import __version__
 from agent.capture.camera import CameraOptions, CameraSource
 from agent.capture.samples import SampleSource
+from agent.commands.control import RunningAgentControl
 from agent.commands.handlers import build_command_handlers
 from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
 from agent.contract import (
     STATE_DEGRADED,
     STATE_ONLINE,
+    STATE_PAUSED,
     STATE_STOPPED,
     ModelManifest,
     Topics,
@@ -180,8 +182,12 @@ class AgentApp:
             reconnect_max_s=m.reconnect_max_s, drain_rate_per_s=self.cfg.outbox.drain_rate_per_s)
 
     def _subscribe_control(self) -> None:
-        handlers = build_command_handlers(self)
-        self.router = CommandRouter(self.topics, handlers, self._reply)
+        control = RunningAgentControl(
+            self.pipeline, self.port, self.topics, self.store, self.health, self.started_mono,
+            load=self.load, runtime_info=self.runtime_info, refresh_status=self.refresh_status)
+        self.router = CommandRouter(
+            self.topics, build_command_handlers(control), self._reply,
+            response_topic_filters=self.cfg.commands.response_topic_filters)
         for f in self.topics.command_filters():
             self.port.subscribe(f, self.router.handle)
         d = self.cfg.model.delegate
@@ -294,8 +300,10 @@ class AgentApp:
 
     def refresh_status(self) -> None:
         lost = [n for n, s in self._source_states.items() if s == "lost"]
-        state = STATE_DEGRADED if lost else STATE_ONLINE
-        reason = f"source lost: {', '.join(lost)}" if lost else None
+        state = STATE_DEGRADED if lost else STATE_PAUSED if self.pipeline.paused \
+            else STATE_ONLINE
+        reason = f"source lost: {', '.join(lost)}" if lost else \
+            "paused by command" if state == STATE_PAUSED else None
         if self._stopped.is_set():
             return
         self._state, self._reason = state, reason

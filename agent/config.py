@@ -101,7 +101,7 @@ class OutboxConfig(Section):
 
 
 class DelegateConfig(Section):
-    kind: Literal["xnnpack", "none", "external"] = "xnnpack"
+    kind: Literal["xnnpack", "none", "external", "gpu"] = "xnnpack"
     library: str | None = None
     options: dict[str, str] = Field(default_factory=dict)
     fallback: Literal["cpu", "fail"] = "cpu"
@@ -198,6 +198,23 @@ class DeliveryConfig(Section):
 class HomeAssistantConfig(Section):
     enabled: bool = False
     discovery_prefix: str = Field(default="homeassistant", pattern=TOPIC_PATH)
+    state_interval_s: PositiveFloat = Field(
+        default=5.0, le=86_400, description="the summary topic the sensors read is published "
+        "when the top label changes, at most once per this many seconds")
+
+
+class CommandsConfig(Section):
+    response_topic_filters: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list, description="MQTT 5 response topics honoured besides the "
+        "device's own <base>/cmd/+/result tree (topic filters)")
+
+
+class MetricsConfig(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535, description="0: any free port (logged)")
+    max_label_series: int = Field(default=100, ge=1, le=10_000,
+                                  description="distinct labels counted; the rest as 'other'")
 
 
 class AgentConfig(Section):
@@ -211,6 +228,8 @@ class AgentConfig(Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     state_dir: Path = Field(default_factory=lambda: Path(
         os.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0]))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -243,12 +262,24 @@ def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
     for err in exc.errors():
         loc = _strip_union_tags(err["loc"])
         key = ".".join(str(p) for p in loc) or "(root)"
-        shown = "(missing)" if err["type"] == "missing" else _short(repr(_lookup(raw, loc)))
+        value = _lookup(raw, loc)
+        shown = "(missing)" if err["type"] == "missing" else \
+            "(hidden)" if _secret_key(loc) else _short(repr(value))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "literal_error" and isinstance(value, int | float) \
+                and f"'{value}'" in msg:
+            msg = f"a number here; write it as a string: {loc[-1]}: \"{value}\""
         lines.append(f"{key}: {shown}: {msg}")
     return lines
+
+
+def _secret_key(loc: tuple[Any, ...]) -> bool:
+    """A key whose value must never be printed (a password typed into the YAML)."""
+    last = str(loc[-1]).lower() if loc else ""
+    return any(w in last for w in ("password", "secret", "token")) and \
+        not last.endswith(("_env", "_file"))
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -31,6 +31,8 @@ STATE_ONLINE = "online"
 STATE_OFFLINE = "offline"
 STATE_STOPPED = "stopped"
 STATE_DEGRADED = "degraded"
+STATE_PAUSED = "paused"
+LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED, STATE_PAUSED)
 
 
 def default_device_id() -> str:

@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.contract import STATE_DEGRADED, STATE_ONLINE, FleetTopics
+from agent.contract import LIVE_STATES, FleetTopics
 from deploy.broker import MqttSession
-
-LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED)
 
 
 @dataclass

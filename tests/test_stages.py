@@ -261,9 +261,10 @@ def test_watchdog_pings_only_while_progress(tmp_path: Path) -> None:
 
 class FakeInbound:
     def __init__(self, topic: str, payload: bytes, response_topic: str | None = None,
-                 correlation_data: bytes | None = None) -> None:
+                 correlation_data: bytes | None = None, retain: bool = False) -> None:
         self.topic, self.payload = topic, payload
         self.response_topic, self.correlation_data = response_topic, correlation_data
+        self.retain = retain
 
 
 def test_router_replies_and_never_raises() -> None:
@@ -274,25 +275,50 @@ def test_router_replies_and_never_raises() -> None:
         raise RuntimeError("kaput")
 
     router = CommandRouter(topics, {"ping": lambda a: {"pong": True}, "boom": boom},
-                           lambda t, p, c: sent.append((t, json.loads(p), c)))
+                           lambda t, p, c: sent.append((t, json.loads(p), c)),
+                           response_topic_filters=["reply/#"])
     router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 1}'))
     router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 2}', "reply/here", b"corr"))
     router.handle(FakeInbound("edge/dev1/cmd/nope", b'{"id": 3}'))
-    router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 4'))
+    router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 4'))  # id readable: a reply
     router.handle(FakeInbound("edge/dev1/cmd/ping", b'[1, 2]'))
     router.handle(FakeInbound("edge/dev1/cmd/boom", b'{"id": "b"}'))
     assert sent[0] == ("edge/dev1/cmd/ping/result",
                        {"id": 1, "device": "dev1", "ok": True, "result": {"pong": True}}, None)
     assert sent[2][0] == "reply/here" and sent[2][2] == b"corr"
     assert "unknown command 'nope'" in sent[3][1]["error"]
-    assert len(sent) == 5  # the two malformed requests carry no readable id: logged only
-    router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 5, "x": NaN'))
+    assert sent[4][1]["id"] == 4 and "not JSON" in sent[4][1]["error"]
+    assert len(sent) == 6  # [1, 2] carries no readable id: logged only
+    router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"x": {"id": 9}, "y": [{"id": 8}]'))
     router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": [1]}'))
-    assert len(sent) == 5
+    router.handle(FakeInbound("edge/dev1/cmd/ping", b'{"id": 7}', retain=True))
+    assert len(sent) == 6 and router.ignored == 1
     router.handle(FakeInbound("edge/dev1/cmd/ping", b'\xff\xfe', "reply/here", b"c2"))
-    assert "not UTF-8 JSON" in sent[-1][1]["error"] and sent[-1][2] == b"c2"
-    assert sent[4][1]["error"] == "internal error: RuntimeError: kaput"
+    assert "not UTF-8" in sent[-1][1]["error"] and sent[-1][2] == b"c2"
+    assert sent[5][1]["error"] == "internal error: RuntimeError: kaput"
     assert router.rejected == 7
+
+
+def test_router_sends_replies_only_under_allowed_response_topics() -> None:
+    sent: list[str] = []
+    router = CommandRouter(Topics("edge", "dev1"), {"ping": lambda a: {"pong": True}},
+                           lambda t, p, c: sent.append(t))
+    for response in ("edge/dev2/cmd/pause", "edge/dev1/cmd/pause", "edge/dev1/cmd/ping/result",
+                     "edge/dev1/cmd/ping/result/me", "edge/dev1/cmd/+/result", "x/#"):
+        router.handle(FakeInbound("edge/dev1/cmd/ping", b"{}", response, b"c"))
+    assert sent == ["edge/dev1/cmd/ping/result", "edge/dev1/cmd/ping/result/me"]
+
+
+def test_peek_id_reads_only_the_top_level_id() -> None:
+    from agent.commands.router import peek_id
+
+    assert peek_id(b'{"a": "}{\\"id\\": 3", "id": "x"' + b"[" * 50_000) == "x"
+    assert peek_id(b'{"a": {"id": 1}}') is None
+    assert peek_id(b'{"id": {"nested": 1}}') is None
+    assert peek_id(b'{"id": true}') is None
+    assert peek_id(b'["id", 1]') is None
+    assert peek_id(b'{"id"  :  12, \xff') == 12
+    assert peek_id(b"") is None
 
 
 def test_wait_taken_lets_a_file_source_wait_for_inference() -> None:

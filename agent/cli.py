@@ -21,6 +21,7 @@ def _setup_logging(level: str) -> None:
 
 def check_config(path: Path) -> int:
     from agent.config import load_config, semantic_problems
+    from agent.preflight import run_time_problems
 
     try:
         cfg = load_config(path)
@@ -28,7 +29,7 @@ def check_config(path: Path) -> int:
         for line in exc.problems:
             print(line)
         return 2
-    problems = semantic_problems(cfg)
+    problems = semantic_problems(cfg) + run_time_problems(cfg)
     for line in problems:
         print(line)
     if problems:
@@ -64,20 +65,55 @@ def run(path: Path, log_level: str | None) -> int:
     return 0
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a default, ``(required)`` where there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
+        if action.default is None or action.default is argparse.SUPPRESS \
+                or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = HelpWithDefaults
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", formatter_class=fmt,
+        description="The on-device inference agent: camera or MQTT samples in, labels out "
+                    "over MQTT.")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}",
+                        help="print the agent version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_run = sub.add_parser("run", formatter_class=fmt, help="run the agent as a service",
+                           description="Run the agent until SIGTERM or SIGINT (systemd).")
+    p_run.add_argument("--config", type=Path, required=True,
+                       help="agent YAML config (see config/agent.example.yaml)")
+    p_run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level; default: log_level from the config")
+    p_check = sub.add_parser(
+        "check-config", formatter_class=fmt, help="validate a config file and what it names",
+        description="Check the YAML, then what `run` needs from the disk: the state folder "
+                    "is writable, the model file matches its manifest, video files and keys "
+                    "are readable. Prints one `key: value: what is wrong` line per problem "
+                    "(secrets hidden) and exits 2, or OK and 0.")
+    p_check.add_argument("config", type=Path, help="agent YAML config to check")
+    p_demo = sub.add_parser(
+        "demo", formatter_class=fmt, help="run the agent on bundled digits and print labels",
+        description="Run the agent on a video of held-out digits with the bundled CNN, "
+                    "printing each label with running accuracy.")
+    p_demo.add_argument("--broker", help="mqtt://host:port of a broker to use; default: an "
+                                         "embedded broker on a free loopback port")
+    p_demo.add_argument("--seconds", type=float, default=20.0, help="how long to run")
+    p_demo.add_argument("--config", type=Path, help="demo config; default: the bundled "
+                                                    "agent/data/demo.yaml")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the agent as a service")
-    p_run.add_argument("--config", type=Path, required=True)
-    p_run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p_check = sub.add_parser("check-config", help="validate a config file")
-    p_check.add_argument("config", type=Path)
-    p_demo = sub.add_parser("demo", help="run the agent on bundled digits and print labels")
-    p_demo.add_argument("--broker", help="mqtt://host:port (default: an embedded broker)")
-    p_demo.add_argument("--seconds", type=float, default=20.0)
-    p_demo.add_argument("--config", type=Path, help="demo config (default: config/demo.yaml)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.config)
     if args.command == "run":

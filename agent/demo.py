@@ -26,7 +26,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 DATA = Path(__file__).parent / "data"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo.yaml"
+DEFAULT_CONFIG = DATA / "demo.yaml"
 FRAME_SIZE = 112
 DEMO_FPS = 10.0
 

@@ -48,7 +48,7 @@ BAD_CONFIGS = [
     ("mqtt.qos", 3, "mqtt.qos: 3: Input should be 0, 1 or 2"),
     ("mqtt.keepalive_s", "soon", "mqtt.keepalive_s: 'soon': Input should be a valid integer"),
     ("mqtt.pasword_env", "X", "mqtt.pasword_env: 'X': unknown key"),
-    ("mqtt.password", "hunter2", "mqtt.password: 'hunter2': unknown key"),
+    ("mqtt.password", "hunter2", "mqtt.password: (hidden): unknown key"),  # never printed
     ("model.num_threads", 0, "model.num_threads: 0: Input should be greater than or equal to 1"),
     ("model.manifest", _DELETE, "model.manifest: (missing): Field required"),
     ("model.delegate", {"kind": "external"},
@@ -154,6 +154,6 @@ def test_check_config_cli_prints_key_value_reason(tmp_path: Path) -> None:
 
 
 def test_example_configs_are_valid() -> None:
-    for name in ("agent.example.yaml", "demo.yaml"):
-        cfg = load_config(REPO / "config" / name)
+    for path in (REPO / "config" / "agent.example.yaml", REPO / "agent" / "data" / "demo.yaml"):
+        cfg = load_config(path)
         assert cfg.sources

@@ -147,7 +147,10 @@ def test_check_config_cli_prints_key_value_reason(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "mqtt.port: 'x': Input should be a valid integer" in out.stdout
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(GOOD))
+    video = tmp_path / "x.avi"
+    video.write_bytes(b"a readable file")  # check-config looks for the video file
+    good.write_text(yaml.safe_dump({**GOOD, "state_dir": str(tmp_path / "state"),
+                                    "sources": [{**GOOD["sources"][0], "uri": str(video)}]}))
     ok = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(good)],
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr

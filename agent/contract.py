@@ -119,6 +119,7 @@ class FleetTopics:
     STATUS = "status"
     STATS = "stats"
     MODEL_RESULT = "model/result"
+    LABELS = "labels"
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix.strip("/")
@@ -144,6 +145,10 @@ class FleetTopics:
     @property
     def model_result_filter(self) -> str:
         return f"{self.prefix}/+/{self.MODEL_RESULT}"
+
+    @property
+    def labels_filter(self) -> str:
+        return f"{self.prefix}/+/{self.LABELS}"
 
     def probe(self, client_id: str) -> str:
         """A topic only this client uses: its own message there marks the end of the
@@ -352,3 +357,51 @@ def parse_manifest(raw: Any, origin: str = "manifest") -> ModelManifest:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
         raise ManifestError(f"{origin}: invalid manifest: {problems}") from exc
+
+
+# --------------------------------------------------------------------------- payload fields
+# Names of the fields in the published payloads, for the readers on the fleet side
+# (insights/). The builders (agent/payloads.py, agent/app.py) write the same names; the
+# stats fields are those of ``StatsRecord``.
+
+
+class LabelsField:
+    SEQ = "seq"
+    RUN_ID = "run_id"
+    TS = "ts"
+    FRAME_TS = "frame_ts"
+    SOURCE = "source"
+    FRAME_INDEX = "frame_index"
+    MODEL = "model"
+    MODEL_NAME = "name"
+    MODEL_VERSION = "version"
+    LABELS = "labels"
+    LABEL = "label"
+    INDEX = "index"
+    SCORE = "score"
+    INFERENCE_MS = "inference_ms"
+    PREPROCESS_MS = "preprocess_ms"
+    CAPTURE_TO_PUBLISH_MS = "capture_to_publish_ms"
+
+
+class StatusField:
+    STATE = "state"
+    MODEL = "model"
+    MODEL_NAME = "name"
+    MODEL_VERSION = "version"
+    MODEL_SHA256 = "sha256"
+    AGENT_VERSION = "agent_version"
+    SINCE = "since"
+    REASON = "reason"
+    TS = "ts"
+
+
+class ModelResultField:
+    PUSH_ID = "push_id"
+    NAME = "name"
+    VERSION = "version"
+    RESULT = "result"
+    ACTIVE_VERSION = "active_version"
+    REASON = "reason"
+    VIA = "via"
+    TS = "ts"

@@ -2,52 +2,29 @@
 
 from __future__ import annotations
 
-import ssl
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import DeployError
+from deploy.connection import BrokerOptions, BrokerURL
+
+__all__ = ["BrokerOptions", "BrokerURL", "MessageHandler", "MqttSession"]
 
 MessageHandler = Callable[[str, bytes, bool], None]
-
-
-@dataclass(frozen=True)
-class BrokerURL:
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerURL:
-        """``mqtt://[user:pass@]host[:port]`` or ``mqtts://...`` (TLS, default port 8883)."""
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise DeployError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise DeployError(f"broker URL {url!r} has no host")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise DeployError(f"broker URL {url!r}: bad port: {exc}") from exc
-        return cls(parts.hostname, port, tls, unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
 
 
 class MqttSession:
     """A connected paho client (VERSION2 callbacks) with acked publishes and a message hook."""
 
-    def __init__(self, url: str, *, cafile: str | None = None, client_prefix: str = "edge-deploy",
-                 connect_timeout: float = 10.0) -> None:
-        self.url = BrokerURL.parse(url)
+    def __init__(self, url: str | BrokerOptions, *, cafile: str | None = None,
+                 client_prefix: str = "edge-deploy", connect_timeout: float = 10.0) -> None:
+        options = url if isinstance(url, BrokerOptions) else BrokerOptions.from_url(
+            url, cafile=cafile)
+        self.url = options.url
         self._cond = threading.Condition()
         self._acked: set[int] = set()
         self._subacked: set[int] = set()
@@ -61,10 +38,7 @@ class MqttSession:
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        if self.url.username:
-            self.client.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            self.client.tls_set(ca_certs=cafile, cert_reqs=ssl.CERT_REQUIRED)
+        options.configure(self.client)
         self._connect(connect_timeout)
 
     def _connect(self, timeout: float) -> None:

@@ -10,11 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from agent.contract import DEFAULT_PREFIX, FleetTopics
+from agent.contract import FleetTopics
 from agent.errors import DeployError, EdgeError
 from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.cli_rollout import add_rollout_parsers, cmd_rollout, push_group_rollout
+from deploy.connection import BrokerOptions, add_broker_args
 from deploy.fleet import FleetWatch
 from deploy.progress import ProgressLine, outcome_table
 from deploy.push import (
@@ -40,14 +41,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def broker_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--broker", required=True,
-                    help="broker URL: mqtt://[user:pass@]host[:port] or mqtts://... (TLS)")
-    sp.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix of the fleet")
-    sp.add_argument("--cafile", default=None, help="CA certificate for mqtts:// (system CAs "
-                    "when not given)")
-
-
 def _push_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("push", help="push a signed model to a device or a group",
                        formatter_class=HelpFormatter,
@@ -58,7 +51,7 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
     target = s.add_mutually_exclusive_group(required=True)
     target.add_argument("--device", help="push to this device id")
     target.add_argument("--group", help="roll out to the live members of this group")
-    broker_args(s)
+    add_broker_args(s)
     s.add_argument("--key", required=True, help="private key (PEM) from `edge-deploy keygen`")
     s.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for a device's (or a wave's) results")
@@ -98,7 +91,7 @@ def _status_parser(sub: argparse._SubParsersAction) -> None:
                         formatter_class=HelpFormatter,
                         description="Rows from the retained status and stats, then a summary "
                         "line (states, and devices per model version).")
-    broker_args(st)
+    add_broker_args(st)
     st.add_argument("--wait", type=float, default=5.0,
                     help="at most this many seconds to gather the retained messages")
     st.add_argument("--group", default=None, help="only members of this group")
@@ -125,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--name", default="deploy", help="file name of the key pair")
     _push_parser(sub)
     _status_parser(sub)
-    add_rollout_parsers(sub, broker_args, HelpFormatter)
+    add_rollout_parsers(sub, add_broker_args, HelpFormatter)
     return p
 
 
@@ -163,7 +156,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise DeployError("--chunk-size must be positive")
     if args.group:
         return push_group_rollout(args)
-    session = MqttSession(args.broker, cafile=args.cafile)
+    session = MqttSession(BrokerOptions.from_args(args))
     try:
         rows = _push_device(session, args)
     finally:
@@ -182,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                         version=args.version,
                         stale_s=parse_duration(args.stale) if args.stale else None,
                         sort=args.sort)
-    session = MqttSession(args.broker, cafile=args.cafile)
+    session = MqttSession(BrokerOptions.from_args(args))
     try:
         watch = FleetWatch(session, FleetTopics(args.prefix))
         watch.settle(args.wait)

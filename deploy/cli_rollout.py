@@ -10,6 +10,7 @@ from agent.contract import FleetTopics
 from agent.errors import DeployError
 from agent.models.signing import load_private_key
 from deploy.broker import MqttSession
+from deploy.connection import BrokerOptions
 from deploy.fleet import FleetWatch, group_members
 from deploy.progress import rollout_json, rollout_summary, rollouts_table, wave_display
 from deploy.push import FAILED_RESULTS, RESULT_SKIPPED, Bundle, ResultCollector, load_bundle
@@ -131,7 +132,7 @@ def push_group_rollout(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.source)
     load_private_key(args.key)  # a bad key fails before anything is sent
     store = _store(args)
-    session = MqttSession(args.broker, cafile=args.cafile)
+    session = MqttSession(BrokerOptions.from_args(args))
     try:
         fleet = FleetTopics(args.prefix)
         collector = ResultCollector(session, fleet)
@@ -170,7 +171,7 @@ def _resume(args: argparse.Namespace) -> int:
     if bundle.manifest.sha256 != record.model.get("sha256"):
         raise DeployError(f"{record.source}: the model changed since rollout {record.id} "
                           f"started (sha256 differs); start a new push instead")
-    session = MqttSession(args.broker, cafile=args.cafile)
+    session = MqttSession(BrokerOptions.from_args(args))
     try:
         fleet = FleetTopics(record.prefix)
         collector = ResultCollector(session, fleet)

@@ -1,0 +1,212 @@
+"""The Parquet lake on disk: ``<lake>/<table>/day=YYYY-MM-DD/<file>.parquet``.
+
+Every file appears whole or not at all (temporary name, fsync, rename, fsync the folder):
+a reader never sees half a file, and a writer killed at any moment leaves only a hidden
+temporary that the next run removes. Several writers share one lake; each names its files
+after itself, so nothing is ever written twice under one name.
+
+Compaction merges a day's files into one with large row groups, keeping one row per
+natural key (``schema.KEYS``). A journal written before the swap makes it safe to kill at
+any moment: a later run either finishes deleting the inputs (the output is in place) or
+drops the unfinished output. While both are visible the views' de-duplication hides the
+overlap, so no query ever sees a row twice or misses one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from agent.contract import fsync_dir
+from insights.schema import KEYS, QUARANTINE, SCHEMAS, TABLES
+
+DAY_PREFIX = "day="
+JOURNAL = "_compaction.json"
+COMPACT_ROW_GROUP = 500_000
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _days(table: pa.Table, column: str) -> pa.Array:
+    micros = pc.cast(pc.floor(pc.multiply(table[column], 1_000_000)), pa.int64())
+    return pc.strftime(pc.cast(micros, pa.timestamp("us", tz="UTC")), format="%Y-%m-%d")
+
+
+def _write_atomic(path: Path, table: pa.Table, row_group_size: int | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # hidden, and not *.parquet: readers skip it
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, row_group_size=row_group_size, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    day: str
+    files_in: int
+    rows_in: int
+    rows_out: int
+
+
+class Lake:
+    def __init__(self, root: str | Path, writer: str = "local") -> None:
+        self.root = Path(root)
+        self.writer = _SAFE.sub("_", writer)[:64] or "writer"
+        self._count = 0
+
+    # -- layout ------------------------------------------------------------------
+
+    def table_dir(self, table: str) -> Path:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; the lake has {', '.join(TABLES)}")
+        return self.root / table
+
+    def days(self, table: str) -> list[str]:
+        d = self.table_dir(table)
+        if not d.is_dir():
+            return []
+        return sorted(p.name[len(DAY_PREFIX):] for p in d.iterdir()
+                      if p.is_dir() and p.name.startswith(DAY_PREFIX))
+
+    def day_dir(self, table: str, day: str) -> Path:
+        return self.table_dir(table) / f"{DAY_PREFIX}{day}"
+
+    def files(self, table: str, day: str | None = None) -> list[Path]:
+        days = [day] if day else self.days(table)
+        return sorted(p for d in days for p in self.day_dir(table, d).glob("*.parquet"))
+
+    # -- writing -----------------------------------------------------------------
+
+    def write(self, table: str, rows: pa.Table) -> list[Path]:
+        """Write one batch, split by day, one durable file per day touched."""
+        if rows.num_rows == 0:
+            return []
+        column = "received_ts" if table == QUARANTINE else "ts"
+        ts = pc.fill_null(rows[column], rows["received_ts"]) if column == "ts" else rows[column]
+        days = _days(pa.table({"t": ts}), "t")
+        written = []
+        for day in pc.unique(days).to_pylist():
+            part = rows.filter(pc.equal(days, day))
+            folder = self.day_dir(table, day)
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(folder.parent)
+            self._count += 1
+            path = folder / f"part-{self.writer}-{time.time_ns()}-{self._count}.parquet"
+            _write_atomic(path, part)
+            written.append(path)
+        return written
+
+    def remove_own_temporaries(self) -> int:
+        """Temporaries this writer left when it was killed (other writers' are theirs)."""
+        stale = list(self.root.glob(f"*/{DAY_PREFIX}*/.part-{self.writer}-*.tmp"))
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return len(stale)
+
+    # -- compaction and retention -------------------------------------------------
+
+    def recover(self) -> int:
+        """Finish or undo compactions a killed run left behind; remove stale temporaries."""
+        done = 0
+        for table in TABLES:
+            for day in self.days(table):
+                folder = self.day_dir(table, day)
+                journal = folder / JOURNAL
+                if journal.exists():
+                    self._finish(folder, json.loads(journal.read_text()))
+                    done += 1
+                for pattern in (".compacted-*.tmp", f".{JOURNAL}.tmp"):
+                    for tmp in folder.glob(pattern):
+                        tmp.unlink(missing_ok=True)
+        return done
+
+    def _finish(self, folder: Path, plan: dict) -> None:
+        if (folder / plan["output"]).exists():
+            for name in plan["inputs"]:
+                (folder / name).unlink(missing_ok=True)
+        else:
+            (folder / f".{plan['output']}.tmp").unlink(missing_ok=True)
+        fsync_dir(folder)
+        (folder / JOURNAL).unlink(missing_ok=True)
+        fsync_dir(folder)
+
+    def compact(self, table: str, day: str, *, row_group_size: int = COMPACT_ROW_GROUP,
+                min_files: int = 2) -> CompactionResult | None:
+        """Merge one day's files into one, one row per natural key, sorted by device and time."""
+        folder = self.day_dir(table, day)
+        if (folder / JOURNAL).exists():
+            self._finish(folder, json.loads((folder / JOURNAL).read_text()))
+        inputs = self.files(table, day)
+        if len(inputs) < min_files:
+            return None
+        merged = pa.concat_tables(
+            [pq.read_table(p).select(SCHEMAS[table].names).cast(SCHEMAS[table]) for p in inputs])
+        rows_in = merged.num_rows
+        merged = merged.sort_by("received_ts")
+        merged = _one_row_per_key(merged, KEYS[table])
+        merged = merged.sort_by([("device", "ascending"), ("ts", "ascending")]) if (
+            "device" in merged.column_names and table != QUARANTINE) else merged
+        output = f"compacted-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
+        plan = {"output": output, "inputs": [p.name for p in inputs]}
+        tmp_journal = folder / f".{JOURNAL}.tmp"
+        tmp_journal.write_text(json.dumps(plan))
+        with open(tmp_journal, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_journal, folder / JOURNAL)
+        fsync_dir(folder)
+        _write_atomic(folder / output, merged, row_group_size)
+        self._finish(folder, plan)
+        return CompactionResult(table, day, len(inputs), rows_in, merged.num_rows)
+
+    def compact_all(self, **kw: int) -> list[CompactionResult]:
+        self.recover()
+        results = []
+        for table in TABLES:
+            for day in self.days(table):
+                result = self.compact(table, day, **kw)
+                if result is not None:
+                    results.append(result)
+        return results
+
+    def retain(self, keep_days: int, now: float | None = None) -> list[Path]:
+        """Delete whole day partitions older than ``keep_days`` (by the day's name)."""
+        if keep_days < 1:
+            raise ValueError("keep_days must be at least 1")
+        cutoff = day_of((time.time() if now is None else now) - keep_days * 86400)
+        removed = []
+        for table in TABLES:
+            for day in self.days(table):
+                if day < cutoff:
+                    folder = self.day_dir(table, day)
+                    shutil.rmtree(folder)
+                    removed.append(folder)
+            if self.table_dir(table).is_dir():
+                fsync_dir(self.table_dir(table))
+        return removed
+
+
+def _one_row_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Keep the first-received row of each key (the order of the rows is the order read)."""
+    if not keys or table.num_rows == 0:
+        return table
+    numbered = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    firsts = numbered.group_by(list(keys), use_threads=False).aggregate([("_row", "min")])
+    return table.take(pc.sort_indices(firsts["_row_min"]))

@@ -1,10 +1,10 @@
-# One command each: make demo | make test | make lint | make bench | make models
+# One command each: make demo | make insights-demo | make test | make lint | make bench | make models
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SECONDS ?= 20
 
-.PHONY: demo test test-slow lint bench models install install-dev broker system-deps-slow clean
+.PHONY: demo insights-demo test test-slow lint bench models install install-dev broker system-deps-slow clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[convert,dev,bench]'
+	$(BIN)/pip install -q -e '.[convert,dev,bench,insights]'
 	# tf-keras gives the fused LSTM path; --no-deps keeps it from pulling in full tensorflow
 	$(BIN)/pip install -q --no-deps tf-keras==2.21.0
 
@@ -24,6 +24,11 @@ broker:
 
 demo: install
 	$(BIN)/edge-agent demo --seconds $(SECONDS)
+
+# Fleet insights: three real agents, a broker, the collector for about 20 s, then the report.
+insights-demo: $(BIN)/python broker
+	$(BIN)/pip install -q -e '.[insights]'
+	$(BIN)/edge-insights demo --seconds $(SECONDS) --out insights-demo
 
 test: install-dev broker
 	$(BIN)/ruff check .
@@ -38,6 +43,7 @@ system-deps-slow:
 	  [ -z "$$missing" ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing)
 
 test-slow: install-dev broker system-deps-slow
+	$(BIN)/pip install -q -e '.[spark]'
 	$(BIN)/pytest -q -m slow
 
 lint: install-dev

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from agent.errors import EdgeError
 from deploy.connection import BrokerOptions, add_broker_args
-from insights.engines import ENGINES, Engine
+from insights.engines import ENGINES, Engine, QueryError
 
 log = logging.getLogger("edge_insights")
 
@@ -181,14 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except QueryError as exc:
+        print(f"edge-insights {args.command}: {exc}", file=sys.stderr)
+        return 1
     except (EdgeError, ValueError, OSError) as exc:
         print(f"edge-insights {args.command}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if type(exc).__module__.startswith(("duckdb", "pyspark")):
-            print(f"edge-insights {args.command}: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

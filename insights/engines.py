@@ -19,6 +19,10 @@ from insights.schema import KEYS, SCHEMAS, TABLES
 ENGINES = ("duckdb", "spark")
 
 
+class QueryError(Exception):
+    """The engine refused or failed a query; the message is the engine's own."""
+
+
 def view_sql(table: str) -> str:
     """The view over ``<table>_files``: one row per key, the columns of the schema."""
     columns = ", ".join(SCHEMAS[table].names)
@@ -62,12 +66,13 @@ class DuckDBEngine:
             self.con.execute(view_sql(table))
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        cur = self.con.execute(sql)
-        names = [d[0] for d in cur.description or []]
-        return names, cur.fetchall()
+        import duckdb
 
-    def arrow(self, sql: str) -> pa.Table:
-        return self.con.execute(sql).to_arrow_table()
+        try:
+            cur = self.con.execute(sql)
+            return [d[0] for d in cur.description or []], cur.fetchall()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from exc
 
     def close(self) -> None:
         self.con.close()
@@ -97,8 +102,13 @@ class SparkEngine:
             self.spark.sql(view_sql(table))
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        frame = self.spark.sql(sql)
-        return list(frame.columns), [_plain(tuple(r)) for r in frame.collect()]
+        from pyspark.errors import PySparkException
+
+        try:
+            frame = self.spark.sql(sql)
+            return list(frame.columns), [_plain(tuple(r)) for r in frame.collect()]
+        except PySparkException as exc:
+            raise QueryError(str(exc)) from exc
 
     def close(self) -> None:
         self.spark.stop()

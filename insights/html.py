@@ -34,6 +34,7 @@ table{border-collapse:collapse;width:100%;font-size:12.5px;margin-top:6px}
 th,td{padding:3px 8px;border-bottom:1px solid #e6e8ec;text-align:left}
 th{background:#f0f2f5}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.flag td{background:#fdecea}.empty{color:#889;font-style:italic}
+details{margin-top:8px}summary{cursor:pointer;color:#4C78A8}
 nav a{color:#b8c0cf;margin-right:14px;text-decoration:none}
 """
 # Marks each section whose images all decoded: what the browser test reads back.
@@ -73,6 +74,27 @@ def table(section: Section, limit: int = TABLE_ROWS, flag: str | None = None) ->
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{tail}"
 
 
+def details(section: Section, summary: str, flag: str | None = None) -> str:
+    """A long table folded away: the chart and the summary come first."""
+    if not section.rows:
+        return ""
+    return (f"<details><summary>{html.escape(summary)} ({len(section.rows):,} rows)</summary>"
+            f"{table(section, flag=flag)}</details>")
+
+
+def label_matrix(report: Report) -> str:
+    """Labels per device (rows) and label (columns): the whole range at a glance."""
+    totals: dict[str, dict[str, int]] = {}
+    for r in report.sections["counts"].records():
+        row = totals.setdefault(r["device"], {})
+        row[r["label"]] = row.get(r["label"], 0) + r["n"]
+    labels = sorted({lab for row in totals.values() for lab in row})
+    section = Section("labels per device", ["device", *labels, "total"],
+                      [(d, *(row.get(lab, 0) for lab in labels), sum(row.values()))
+                       for d, row in sorted(totals.items())])
+    return table(section, limit=200)
+
+
 def _img(png: bytes, alt: str) -> str:
     return (f'<img alt="{html.escape(alt)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
@@ -110,13 +132,16 @@ def render(report: Report) -> str:
     parts = [
         _section("seen", "What was seen", f"labels per {o.bucket_s:g} s bucket, whole fleet",
                  _chart(report, "fleet_counts", lambda: charts.counts_chart(report),
-                        "labels per bucket") + table(s["counts"])),
+                        "labels per bucket") + label_matrix(report)
+                 + details(s["counts"], "per device and bucket")),
         _section("presence", "Presence", s["episodes"].note + "; how often, how long",
                  _chart(report, "episodes", lambda: charts.presence_chart(report),
-                        "presence episodes") + table(s["presence"]) + table(s["episodes"])),
+                        "presence episodes") + table(s["presence"])
+                 + details(s["episodes"], "every episode")),
         _section("drift", "Confidence drift", s["drift"].note + "; red rings are flagged",
                  _chart(report, "drift", lambda: charts.drift_chart(report), "drift")
-                 + table(s["drift_flags"], flag="flagged")),
+                 + table(s["drift_flags"], flag="flagged")
+                 + details(s["drift"], "every window", flag="flagged")),
         _section("impact", "Model impact", s["impact"].note,
                  _chart(report, "impact", lambda: charts.impact_chart(report), "impact")
                  + table(s["model_changes"]) + table(s["impact"]) + table(s["pushes"])),
@@ -125,7 +150,8 @@ def render(report: Report) -> str:
                      report, "fps_out", "fps out"), "fps")
                  + _chart(report, "health", lambda: charts.health_chart(
                      report, "outbox_depth", "outbox depth"), "outbox")
-                 + table(s["devices"]) + table(s["offline"]) + table(s["health"])),
+                 + table(s["devices"]) + table(s["offline"])
+                 + details(s["health"], "per device and bucket")),
         _section("quarantine", "Quarantined input", "bad messages kept aside, by kind",
                  table(s["quarantine"])),
     ]

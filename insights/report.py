@@ -150,11 +150,13 @@ DRIFT_COLUMNS = ["device", "label", "window_start", "n", "mean", "std", "baselin
 
 def drift(moments: Section, o: ReportOptions) -> Section:
     """Each window's mean top score against the device-and-label baseline (its first
-    ``baseline_windows`` windows); the fleet (all devices merged) as device ``*``."""
+    ``baseline_windows`` windows). Merged series: all labels of a device as label ``*``,
+    all devices as device ``*``."""
     series: dict[tuple[str, str], dict[float, Moments]] = defaultdict(dict)
     for r in moments.records():
-        for device in (r["device"], "*"):
-            m = series[(device, r["label"])].setdefault(r["window_start"], Moments())
+        for key in ((r["device"], r["label"]), (r["device"], "*"), ("*", r["label"]),
+                    ("*", "*")):
+            m = series[key].setdefault(r["window_start"], Moments())
             m.add(int(r["n"]), float(r["s"]), float(r["ss"]))
     rows = []
     for (device, label), windows in sorted(series.items()):

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.contract import DEFAULT_PREFIX, Topics
+from agent.contract import DEFAULT_PREFIX, FleetTopics
 from deploy.connection import BrokerOptions
 from insights.buffer import Batch, BatchBuffer, RecentKeys
 from insights.lake import Lake
@@ -52,8 +52,9 @@ class CollectorOptions:
     retry_s: float = 1.0
 
     def filters(self) -> list[str]:
-        every = Topics(self.prefix, "+")
-        topics = [every.labels, every.stats, every.status, every.model("result")]
+        fleet = FleetTopics(self.prefix)
+        topics = [fleet.labels_filter, fleet.stats_filter, fleet.status_filter,
+                  fleet.model_result_filter]
         return [f"$share/{self.share}/{t}" for t in topics] if self.share else topics
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent.contract import atomic_write_bytes
+from agent.files import atomic_write_bytes
 from insights import charts
 from insights.report import Report, Section
 

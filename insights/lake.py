@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from agent.contract import fsync_dir
+from agent.files import fsync_dir
 from insights.schema import KEYS, QUARANTINE, SCHEMAS, TABLES
 
 DAY_PREFIX = "day="

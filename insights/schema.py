@@ -7,6 +7,7 @@ Every parser either returns a row or raises ``BadInput`` with a kind and a reaso
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,23 +16,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from agent.contract import (
-    STATS_NUMBERS,
-    STATS_TS,
-    TOPIC_LABELS,
-    TOPIC_MODEL_RESULT,
-    TOPIC_STATS,
-    TOPIC_STATUS,
-    LabelsField,
-    ModelResultField,
-    StatusField,
-)
+from agent.contract import FleetTopics, LabelsField, ModelResultField, StatsRecord, StatusField
+from agent.errors import PayloadError
+from agent.payloads import decode_json
 
 LABELS, STATS, STATUS, MODEL_EVENTS, QUARANTINE = (
     "labels", "stats", "status", "model_events", "quarantine")
 TABLES = (LABELS, STATS, STATUS, MODEL_EVENTS, QUARANTINE)
-TOPIC_TABLES = {TOPIC_LABELS: LABELS, TOPIC_STATS: STATS, TOPIC_STATUS: STATUS,
-                TOPIC_MODEL_RESULT: MODEL_EVENTS}
+TOPIC_TABLES = {FleetTopics.LABELS: LABELS, FleetTopics.STATS: STATS,
+                FleetTopics.STATUS: STATUS, FleetTopics.MODEL_RESULT: MODEL_EVENTS}
+# The numbers of the stats record, each a column (its flags and its time are not numbers).
+STATS_TS = "ts"
+STATS_NUMBERS = tuple(f.name for f in dataclasses.fields(StatsRecord)
+                      if f.name != STATS_TS and "bool" not in str(f.type))
 
 MAX_PAYLOAD = 256 * 1024      # a labels message is about 400 bytes; anything this big is hostile
 MAX_TOPK = 64
@@ -94,26 +91,24 @@ class Route:
 
 def route(topic: str, prefix: str) -> Route:
     """``<prefix>/<device>/<labels|stats|status|model/result>`` -> table and device."""
-    head = prefix.strip("/") + "/"
-    if not topic.startswith(head):
-        raise BadInput("topic", f"{topic!r} is outside the prefix {prefix!r}")
-    device, _, rest = topic[len(head):].partition("/")
-    table = TOPIC_TABLES.get(rest)
-    if not device or table is None or device in ("+", "#", "group"):
-        raise BadInput("topic", f"{topic!r} is not a device's labels, stats, status or "
-                                f"model/result topic")
-    if len(device) > MAX_TEXT:
-        raise BadInput("topic", f"device id of {len(device)} characters")
-    return Route(table, device)
+    fleet = FleetTopics(prefix)
+    for suffix, table in TOPIC_TABLES.items():
+        device = fleet.device_of(topic, suffix)
+        if device is not None and device not in ("+", "#"):
+            if len(device) > MAX_TEXT:
+                raise BadInput("topic", f"device id of {len(device)} characters")
+            return Route(table, device)
+    raise BadInput("topic", f"{topic[:200]!r} is not a device's labels, stats, status or "
+                            f"model/result topic under {prefix!r}")
 
 
 def decode(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD:
         raise BadInput("too_large", f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD})")
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadInput("not_json", f"not UTF-8 JSON: {exc}") from None
+        body = decode_json(payload, "payload")
+    except PayloadError as exc:
+        raise BadInput("not_json", str(exc)) from None
     if not isinstance(body, dict):
         raise BadInput("not_object", f"a JSON {type(body).__name__}, not an object")
     return body

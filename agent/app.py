@@ -39,9 +39,10 @@ from agent.inference.pipeline import (
     build_loaded_model,
 )
 from agent.inference.postprocess import ChangeFilter
+from agent.metrics import AgentMetrics, MetricSources
 from agent.models.receiver import ModelReceiver
 from agent.models.store import InstalledModel, ModelStore
-from agent.mqtt.homeassistant import discovery_messages
+from agent.mqtt.homeassistant import SummaryPublisher, discovery_messages
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
 from agent.payloads import encode, labels_payload, status_body
@@ -75,6 +76,8 @@ class AgentApp:
         self._reason: str | None = None
         self.cameras: list[CameraSource] = []
         self.sample_sources: list[SampleSource] = []
+        self._result_taps: list[Callable[[Result, bool], None]] = []
+        self.metrics: AgentMetrics | None = None
         p = cfg.publish
         self._change_filter = ChangeFilter(
             p.hysteresis, p.min_interval_ms / 1000.0, on_change=p.on_change) \
@@ -140,6 +143,7 @@ class AgentApp:
             self.notifier, ProgressPolicy(self.pipeline, self.cameras, cfg.health.stall_s),
             self._status_line, self._publish_stats,
             stats_interval_s=cfg.publish.stats_interval_s, watchdog_s=self._watchdog_s)
+        self._build_result_taps()
         self._subscribe_control()
         self.port.start()
         self.pipeline.start()
@@ -231,11 +235,29 @@ class AgentApp:
     # -- results ---------------------------------------------------------------
 
     def _publish_result(self, result: Result) -> None:
-        if self._change_filter is not None and not self._change_filter.passes(
-                result.source, result.labels):
-            return
-        payload = labels_payload(result, self.pipeline.run_id)
-        self.port.publish_durable(self.topics.labels, payload, qos=self.cfg.mqtt.qos)
+        published = self._change_filter is None or self._change_filter.passes(
+            result.source, result.labels)
+        if published:
+            payload = labels_payload(result, self.pipeline.run_id)
+            self.port.publish_durable(self.topics.labels, payload, qos=self.cfg.mqtt.qos)
+        for tap in self._result_taps:
+            tap(result, published)
+
+    def _build_result_taps(self) -> None:
+        """Optional listeners of every result (metrics, Home Assistant's summary), chosen once
+        at start so the frame loop checks no flags."""
+        cfg = self.cfg
+        if cfg.homeassistant.enabled:
+            self._result_taps.append(SummaryPublisher(
+                self.topics, self.port.publish, cfg.homeassistant.state_interval_s))
+        if cfg.metrics.enabled:
+            self.metrics = AgentMetrics(cfg.metrics, MetricSources(
+                self.pipeline, self.port.stats, lambda: self.active_model.manifest,
+                lambda: (self.runtime_info() or {}).get("delegate"),
+                lambda: self._change_filter.suppressed if self._change_filter else 0,
+                lambda: sum(s.rejected for s in self.sample_sources), self.started_mono))
+            self.metrics.start()
+            self._result_taps.append(self.metrics.observe)
 
     def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         self.port.publish(topic, payload, qos=1, correlation_data=correlation)
@@ -347,6 +369,8 @@ class AgentApp:
         self.receiver.stop(timeout=0.5)
         self.port.stop(final_state=STATE_STOPPED, flush_timeout=1.0)
         self.outbox.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("agent stopped")
 
     def wait(self, timeout: float | None = None) -> bool:

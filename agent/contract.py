@@ -70,6 +70,12 @@ class Topics:
     def snapshot(self) -> str:
         return f"{self.base}/snapshot"
 
+    @property
+    def summary(self) -> str:
+        """Low-rate, retained top label for dashboards (Home Assistant); ``labels`` is for
+        machines."""
+        return f"{self.base}/summary"
+
     def inputs(self, stream: str) -> str:
         return f"{self.base}/in/{stream}"
 

@@ -191,16 +191,26 @@ def test_model_commands(running) -> None:  # type: ignore[no-untyped-def]
     assert not odd["ok"] and "action" in odd["error"] and "'rollback'" in odd["error"]
 
 
-def test_home_assistant_discovery(running) -> None:  # type: ignore[no-untyped-def]
+def test_home_assistant_discovery_reads_the_low_rate_summary(running) -> None:  # type: ignore[no-untyped-def]
     _, _, sub = running
     configs = sub.wait_for(lambda ms: sum(m.topic.startswith("homeassistant/sensor/")
                                           for m in ms) >= 2, timeout=10, what="discovery")
     by_key = {m.topic.split("/")[-2]: m.json() for m in configs
               if m.topic.startswith("homeassistant/")}
     assert set(by_key) == {"top_label", "top_score"}
-    assert by_key["top_label"]["state_topic"] == f"{BASE}/labels"
+    assert by_key["top_label"]["state_topic"] == f"{BASE}/summary"
+    assert by_key["top_score"]["state_topic"] == f"{BASE}/summary"
     assert by_key["top_label"]["availability_topic"] == f"{BASE}/status"
+    assert "'paused'" in by_key["top_label"]["availability_template"]
     assert by_key["top_score"]["unique_id"] == "edge_dev1_top_score"
+    n_labels = len(sub.on_topic(f"{BASE}/labels"))
+    sub.wait_topic(f"{BASE}/labels", count=n_labels + 60, timeout=20)
+    summaries = sub.wait_topic(f"{BASE}/summary", count=2, timeout=10)
+    labels = sub.on_topic(f"{BASE}/labels")
+    # the video changes digit every frame (30 a second); the summary is limited to 2 a second
+    assert len(summaries) * 4 < len(labels), (len(summaries), len(labels))
+    last = summaries[-1].json()
+    assert set(last) == {"label", "score", "source", "ts"} and last["source"] == "cam"
 
 
 def test_paused_agent_says_paused_in_status(running) -> None:  # type: ignore[no-untyped-def]

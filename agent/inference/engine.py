@@ -11,7 +11,7 @@ import importlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -34,9 +34,10 @@ DEFAULT_RUNTIME_ORDER: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "t
 
 @dataclass(frozen=True)
 class DelegateSpec:
-    """``xnnpack`` (default CPU path), ``none`` (reference kernels), or ``external``."""
+    """``xnnpack`` (default CPU path), ``none`` (reference kernels), ``external`` (a delegate
+    library), or ``gpu`` (LiteRT's GPU accelerator, ``agent/inference/gpu.py``)."""
 
-    kind: Literal["xnnpack", "none", "external"] = "xnnpack"
+    kind: Literal["xnnpack", "none", "external", "gpu"] = "xnnpack"
     library: str | None = None
     options: dict[str, str] = field(default_factory=dict)
     fallback: Literal["cpu", "fail"] = "cpu"
@@ -118,11 +119,13 @@ class Engine:
         self.info = RuntimeInfo(runtime_name, _package_version(runtime_name), delegate_name,
                                 num_threads, fallback_reason)
         self._refresh_details()
+        if delegate.kind == "gpu":
+            self._use_gpu(content, delegate)
 
     # -- delegates -------------------------------------------------------------
 
     def _make_delegates(self, spec: DelegateSpec) -> tuple[list[Any], str, str | None]:
-        if spec.kind == "xnnpack":
+        if spec.kind in ("xnnpack", "gpu"):  # gpu: the interpreter is its CPU fallback
             return [], "xnnpack", None
         if spec.kind == "none":
             return [], "none", None
@@ -137,6 +140,24 @@ class Engine:
                 raise DelegateError(reason) from exc
             log.warning("%s; falling back to CPU (XNNPACK)", reason)
             return [], "xnnpack", reason
+
+    def _use_gpu(self, content: bytes, spec: DelegateSpec) -> None:
+        """Run on LiteRT's GPU accelerator when it can be created; the interpreter stays for
+        tensor details and checks, and runs the model itself when the GPU cannot."""
+        from agent.inference.gpu import open_gpu_model
+
+        gpu, reason = open_gpu_model(content, spec.options)
+        if gpu is None:
+            if spec.fallback == "fail":
+                raise DelegateError(f"{reason}; delegate.fallback is fail, so the model is "
+                                    "not loaded")
+            log.warning("%s; falling back to CPU (XNNPACK)", reason)
+            self.info = replace(self.info, fallback_reason=reason)
+            return
+        self.invoke = gpu.invoke  # type: ignore[method-assign]
+        self.reset_state = gpu.reset_state  # type: ignore[method-assign]
+        self.info = replace(self.info, delegate="gpu")
+        log.info("model %s runs on the GPU (LiteRT CompiledModel)", self.model_path.name)
 
     # -- tensors ---------------------------------------------------------------
 

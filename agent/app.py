@@ -116,6 +116,24 @@ class AgentApp:
     # -- start -----------------------------------------------------------------
 
     def start(self) -> None:
+        """Build every stage, then start them in order: metrics, port, model receiver,
+        inference, sources, health. ``stop`` ends them in reverse."""
+        self._build()
+        self._subscribe()
+        if self.metrics is not None:
+            self.metrics.start()
+        self.port.start()
+        self.receiver.start()
+        self.pipeline.start()
+        for cam in self.cameras:
+            cam.start()
+        self.health.start()
+        self._arm_ready()
+        log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
+                 self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
+                 self.runtime_info())
+
+    def _build(self) -> None:
         cfg = self.cfg
         if cfg.pipeline.opencv_threads is not None:
             cv2.setNumThreads(cfg.pipeline.opencv_threads)
@@ -135,29 +153,28 @@ class AgentApp:
             rollback_after_failures=cfg.pipeline.rollback_after_failures,
             probation_frames=cfg.pipeline.probation_frames,
             on_rollback=self._on_rollback, on_first_inference=self._on_first_inference)
-        self.stats = StatsRecorder(self.pipeline, self.port, cameras=self.cameras,
-                                   sample_sources=self.sample_sources,
-                                   change_filter=self._change_filter,
-                                   started_mono=self.started_mono)
         self.health = HealthMonitor(
             self.notifier, ProgressPolicy(self.pipeline, self.cameras, cfg.health.stall_s),
             self._status_line, self._publish_stats,
             stats_interval_s=cfg.publish.stats_interval_s, watchdog_s=self._watchdog_s)
+        self.router = self._build_router()
+        self.receiver = self._build_receiver()
+        self._build_sources()
         self._build_result_taps()
-        self._subscribe_control()
-        self.port.start()
-        self.pipeline.start()
-        self._start_sources()
-        self.health.start()
+        self.stats = StatsRecorder(self.pipeline, self.port, cameras=self.cameras,
+                                   sample_sources=self.sample_sources,
+                                   change_filter=self._change_filter,
+                                   started_mono=self.started_mono)
+
+    def _arm_ready(self) -> None:
+        """READY=1 after the first inference; a sequence model waits for samples that may
+        never come, so it is ready at once; a frame model after ``ready_timeout_s`` anyway."""
         if self.model.manifest.task == "sequence":
             self._on_first_inference()
         else:
             self._ready_timer = threading.Timer(self._ready_timeout_s, self._ready_anyway)
             self._ready_timer.daemon = True
             self._ready_timer.start()
-        log.info("agent %s started: device %s, model %s %s, runtime %s", __version__,
-                 self.topics.device_id, self.model.manifest.name, self.model.manifest.version,
-                 self.runtime_info())
 
     def _load_first_model(self) -> LoadedModel:
         chosen = self.store.choose_at_start(self.cfg.model.manifest)
@@ -185,52 +202,47 @@ class AgentApp:
             tls_insecure=m.tls.insecure, qos=m.qos, reconnect_min_s=m.reconnect_min_s,
             reconnect_max_s=m.reconnect_max_s, drain_rate_per_s=self.cfg.outbox.drain_rate_per_s)
 
-    def _subscribe_control(self) -> None:
+    def _build_router(self) -> CommandRouter:
         control = RunningAgentControl(
             self.pipeline, self.port, self.topics, self.store, self.health, self.started_mono,
             load=self.load, runtime_info=self.runtime_info, refresh_status=self.refresh_status)
-        self.router = CommandRouter(
+        return CommandRouter(
             self.topics, build_command_handlers(control), self._reply,
             response_topic_filters=self.cfg.commands.response_topic_filters)
-        for f in self.topics.command_filters():
-            self.port.subscribe(f, self.router.handle)
+
+    def _build_receiver(self) -> ModelReceiver:
         d = self.cfg.model.delegate
-        self.receiver = ModelReceiver(
+        return ModelReceiver(
             self.store, self.topics, trusted_keys=self.cfg.delivery.trusted_keys,
             max_model_bytes=self.cfg.delivery.max_model_bytes,
             staging_timeout_s=self.cfg.delivery.staging_timeout_s,
             delegate=DelegateSpec(d.kind, d.library, dict(d.options), d.fallback),
             num_threads=self.cfg.model.num_threads,
             publish_result=self._publish_model_result, on_ready=self._on_model_ready)
-        self.receiver.start()
+
+    def _build_sources(self) -> None:
+        """Cameras for a frame model; MQTT sample sources for a sequence model."""
+        sequence = self.model.manifest.task == "sequence"
+        for src in self.cfg.sources:
+            if isinstance(src, MqttSourceConfig) and sequence:
+                self.sample_sources.append(
+                    SampleSource(src, self.topics, self.inbox, self._serving_window))
+            elif isinstance(src, CameraSourceConfig):
+                self.inbox.register(src.name, depth=1)
+                self.cameras.append(CameraSource(
+                    camera_options(src), self.inbox, on_state=self._on_source_state))
+
+    def _subscribe(self) -> None:
+        for f in self.topics.command_filters():
+            self.port.subscribe(f, self.router.handle)
         for f in self.receiver.filters():
             self.port.subscribe(f, self._on_model_message)
-        if self.model.manifest.task == "sequence":
-            for src in self.cfg.sources:
-                if isinstance(src, MqttSourceConfig):
-                    samples = SampleSource(src, self.topics, self.inbox, self._serving_window)
-                    self.sample_sources.append(samples)
-                    for f in samples.filters():
-                        self.port.subscribe(f, samples.handle)
+        for samples in self.sample_sources:
+            for f in samples.filters():
+                self.port.subscribe(f, samples.handle)
 
     def _serving_window(self) -> WindowSpec | None:
         return self.pipeline.model.manifest.window
-
-    def _start_sources(self) -> None:
-        for src in self.cfg.sources:
-            if not isinstance(src, CameraSourceConfig):
-                continue
-            self.inbox.register(src.name, depth=1)
-            opts = CameraOptions(
-                name=src.name, uri=src.uri, loop=src.loop, realtime=src.realtime,
-                target_fps=src.target_fps, width=src.width, height=src.height,
-                fourcc=src.fourcc, ffmpeg_options=src.ffmpeg_options,
-                open_timeout_ms=src.open_timeout_ms,
-                read_timeout_ms=src.read_timeout_ms, reconnect_min_s=src.reconnect_min_s,
-                reconnect_max_s=src.reconnect_max_s)
-            cam = CameraSource(opts, self.inbox, on_state=self._on_source_state)
-            self.cameras.append(cam)
-            cam.start()
 
     # -- results ---------------------------------------------------------------
 
@@ -256,7 +268,6 @@ class AgentApp:
                 lambda: (self.runtime_info() or {}).get("delegate"),
                 lambda: self._change_filter.suppressed if self._change_filter else 0,
                 lambda: sum(s.rejected for s in self.sample_sources), self.started_mono))
-            self.metrics.start()
             self._result_taps.append(self.metrics.observe)
 
     def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
@@ -362,10 +373,10 @@ class AgentApp:
         self.notifier.notify("STOPPING=1")
         if self._ready_timer is not None:
             self._ready_timer.cancel()
+        self.health.stop(timeout=0.5)
         for cam in self.cameras:
             cam.stop(timeout=0.5)
         self.pipeline.stop(timeout=0.5)
-        self.health.stop(timeout=0.5)
         self.receiver.stop(timeout=0.5)
         self.port.stop(final_state=STATE_STOPPED, flush_timeout=1.0)
         self.outbox.close()
@@ -375,3 +386,12 @@ class AgentApp:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
+
+
+def camera_options(src: CameraSourceConfig) -> CameraOptions:
+    return CameraOptions(
+        name=src.name, uri=src.uri, loop=src.loop, realtime=src.realtime,
+        target_fps=src.target_fps, width=src.width, height=src.height, fourcc=src.fourcc,
+        ffmpeg_options=src.ffmpeg_options, open_timeout_ms=src.open_timeout_ms,
+        read_timeout_ms=src.read_timeout_ms, reconnect_min_s=src.reconnect_min_s,
+        reconnect_max_s=src.reconnect_max_s)

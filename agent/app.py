@@ -161,10 +161,10 @@ class AgentApp:
         self.receiver = self._build_receiver()
         self._build_sources()
         self._build_result_taps()
-        self.stats = StatsRecorder(self.pipeline, self.port, cameras=self.cameras,
-                                   sample_sources=self.sample_sources,
-                                   change_filter=self._change_filter,
-                                   started_mono=self.started_mono)
+        self.stats = StatsRecorder(
+            self.pipeline, self.port, self.outbox, cameras=self.cameras,
+            sample_sources=self.sample_sources, change_filter=self._change_filter,
+            commands=self.router, watchdog=self.health, started_mono=self.started_mono)
 
     def _arm_ready(self) -> None:
         """READY=1 after the first inference; a sequence model waits for samples that may

@@ -185,24 +185,45 @@ class FleetTopics:
 @dataclasses.dataclass(frozen=True)
 class StatsRecord:
     """The retained ``<base>/stats`` message. Rates (``fps_*``) are over the interval since the
-    previous record; counts are since the agent started; ``None`` where nothing was measured."""
+    previous record; counts are since the agent started; ``None`` where nothing was measured.
+
+    ``frames_read`` counts camera reads; each is put in the inbox, skipped to keep
+    ``target_fps`` (``dropped_target_fps``) or unusable (``corrupt_frames``, which also counts
+    failed reads). ``frames_in`` counts camera frames and sample windows put in the inbox; each
+    is inferred, overwritten by a newer one, too old, skipped while paused, or an error.
+    """
 
     fps_in: float
     fps_out: float
+    frames_read: int
     frames_in: int
     inferences: int
-    dropped_stale: int
+    dropped_target_fps: int
     dropped_overwritten: int
+    dropped_stale: int
+    dropped_paused: int
+    corrupt_frames: int
     frame_errors: int
     inference_errors: int
+    rollbacks: int
+    source_reconnects: int
+    file_loops: int
+    samples_in: int
     sample_errors: int
+    streams_evicted: int
     suppressed: int
+    published: int | None
+    dropped_inbound: int | None
+    commands_handled: int
+    commands_rejected: int
+    watchdog_withheld: int
     inference_ms_p50: float | None
     inference_ms_p95: float | None
     frame_age_ms_p50: float | None
     outbox_depth: int | None
     outbox_dropped: int | None
     outbox_set_aside: int | None
+    outbox_expired: int
     mqtt_reconnects: int | None
     rss_mb: float
     open_fds: int

@@ -14,9 +14,11 @@ import numpy as np
 
 from agent.capture.camera import CameraSource
 from agent.capture.samples import SampleSource
+from agent.commands.router import CommandRouter
 from agent.contract import StatsRecord
 from agent.inference.pipeline import Pipeline
 from agent.inference.postprocess import ChangeFilter
+from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import MqttPort
 
 log = logging.getLogger(__name__)
@@ -170,43 +172,56 @@ class ProgressPolicy:
 
 
 class StatsRecorder:
-    """Builds each ``StatsRecord`` from the stages' own counters; remembers the last one's
-    output rate (``last_fps``) for the status line."""
+    """Builds each ``StatsRecord`` from the stages' own counters (every counter a stage keeps is
+    reported here); remembers the last one's output rate (``last_fps``) for the status line."""
 
-    def __init__(self, pipeline: Pipeline, port: MqttPort, *, cameras: Sequence[CameraSource],
-                 sample_sources: Sequence[SampleSource], change_filter: ChangeFilter | None,
-                 started_mono: float) -> None:
+    def __init__(self, pipeline: Pipeline, port: MqttPort, outbox: Outbox, *,
+                 cameras: Sequence[CameraSource], sample_sources: Sequence[SampleSource],
+                 change_filter: ChangeFilter | None, commands: CommandRouter,
+                 watchdog: HealthMonitor, started_mono: float) -> None:
         self._pipeline = pipeline
         self._port = port
+        self._outbox = outbox
         self._cameras = cameras
         self._sample_sources = sample_sources
         self._change_filter = change_filter
+        self._commands = commands
+        self._watchdog = watchdog
         self._started_mono = started_mono
         self._prev = (time.monotonic(), 0, 0)
         self.last_fps = 0.0
 
     def record(self) -> StatsRecord:
         now = time.monotonic()
-        pl, inbox = self._pipeline, self._pipeline.inbox
+        pl, inbox, n = self._pipeline, self._pipeline.inbox, self._pipeline.counters
         t0, put0, inf0 = self._prev
-        put, inf = inbox.put_count, pl.counters.inferences
+        put, inf = inbox.put_count, n.inferences
         dt = max(now - t0, 1e-6)
         self._prev = (now, put, inf)
         self.last_fps = (inf - inf0) / dt
-        port = self._port.stats()
+        port, cams, samples = self._port.stats(), self._cameras, self._sample_sources
         top1 = list(pl.top1)
         return StatsRecord(
             fps_in=round((put - put0) / dt, 2), fps_out=round(self.last_fps, 2),
-            frames_in=put, inferences=inf, dropped_stale=pl.counters.dropped_stale,
-            dropped_overwritten=inbox.overwritten, frame_errors=pl.counters.frame_errors,
-            inference_errors=pl.counters.inference_errors,
-            sample_errors=sum(s.rejected for s in self._sample_sources),
+            frames_read=sum(c.frames_read for c in cams), frames_in=put, inferences=inf,
+            dropped_target_fps=sum(c.frames_skipped for c in cams),
+            dropped_overwritten=inbox.overwritten, dropped_stale=n.dropped_stale,
+            dropped_paused=n.paused_skipped, corrupt_frames=sum(c.corrupt_frames for c in cams),
+            frame_errors=n.frame_errors, inference_errors=n.inference_errors,
+            rollbacks=n.rollbacks, source_reconnects=sum(c.reconnects for c in cams),
+            file_loops=sum(c.loops for c in cams), samples_in=sum(s.accepted for s in samples),
+            sample_errors=sum(s.rejected for s in samples),
+            streams_evicted=sum(s.evicted for s in samples),
             suppressed=self._change_filter.suppressed if self._change_filter else 0,
+            published=port.get("published"), dropped_inbound=port.get("inbound_dropped"),
+            commands_handled=self._commands.handled, commands_rejected=self._commands.rejected,
+            watchdog_withheld=self._watchdog.withheld,
             inference_ms_p50=percentile(pl.inference_ms, 50),
             inference_ms_p95=percentile(pl.inference_ms, 95),
             frame_age_ms_p50=percentile(pl.frame_age_ms, 50),
             outbox_depth=port.get("outbox_depth"), outbox_dropped=port.get("outbox_dropped"),
-            outbox_set_aside=port.get("set_aside"), mqtt_reconnects=port.get("reconnects"),
+            outbox_set_aside=port.get("set_aside"), outbox_expired=self._outbox.expired,
+            mqtt_reconnects=port.get("reconnects"),
             rss_mb=rss_mb(), open_fds=open_fds(), uptime_s=round(now - self._started_mono, 1),
             mean_top1=round(sum(top1) / len(top1), 4) if top1 else None,
             paused=pl.paused, ts=round(time.time(), 3))

@@ -92,10 +92,7 @@ class SequenceWindower:
         self.max_streams = max_streams
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
         self._lock = threading.Lock()
-        self.accepted = 0
-        self.rejected = 0
         self.evicted = 0
-        self.windows = 0
 
     @property
     def streams(self) -> list[str]:
@@ -108,19 +105,12 @@ class SequenceWindower:
 
         Raises ``SampleError`` naming what was wrong; a rejected sample changes nothing.
         """
-        try:
-            if not STREAM_NAME.match(stream):
-                raise SampleError(f"stream name {stream!r} must be 1-64 of A-Z a-z 0-9 _ . -")
-            rows = self.parse(payload)
-        except SampleError:
-            self.rejected += 1
-            raise
+        if not STREAM_NAME.match(stream):
+            raise SampleError(f"stream name {stream!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        rows = self.parse(payload)
         with self._lock:
             ring = self._ring(stream)
-            out = self._advance(ring, rows)
-        self.accepted += 1
-        self.windows += len(out)
-        return out
+            return self._advance(ring, rows)
 
     def drop(self, stream: str) -> bool:
         """Forget a stream's buffered timesteps; True if it existed."""
@@ -243,6 +233,7 @@ class SampleSource:
         self._windower: SequenceWindower | None = None
         self._lock = threading.Lock()
         self._window_counts: dict[str, int] = {}
+        self.accepted = 0
         self.rejected = 0
         self._evicted_before = 0
 
@@ -267,6 +258,7 @@ class SampleSource:
             self.rejected += 1
             log.warning("sample on %s rejected: %s", msg.topic, exc)
             return
+        self.accepted += 1
         now, mono = time.time(), time.monotonic()
         for w in windows:
             index = self._window_counts.get(stream, 0)

@@ -1,98 +1,30 @@
-"""One conversion: a Keras model and a mode in, TFLite bytes out.
+"""One conversion: a Keras model and a mode in, TFLite bytes out, its ops checked.
 
 Runs inside a child process (see ``converter.worker``): TensorFlow is imported here only.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.errors import ConversionError
+from converter.graph import ConvertSpec, representative
 from converter.load import (
     RNN_LAYERS,
     SUPPORTED_LAYERS,
-    check_layers,
     check_model_path,
-    describe_model,
+    iter_layers,
     load_keras_model,
-    load_saved_model,
 )
+from converter.quantize import convert_mixed
+from converter.source import make_converter
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "mixed")
-LSTM_PATHS = ("unrolled", "fused")
-CALIBRATION_SAMPLES = 500
-
-
-@dataclass(frozen=True)
-class ConvertSpec:
-    """Everything one conversion needs; picklable so it can cross into a child process."""
-
-    model_path: str
-    mode: str
-    lstm_path: str = "unrolled"
-    batch: int | None = 1
-    allow_flex: bool = False
-    float_layers: tuple[str, ...] = field(default_factory=tuple)  # mixed: kept in float
-
-
-def set_unroll(config: Any) -> Any:
-    """Copy of a Keras config with ``unroll=True`` on every recurrent layer."""
-    config = copy.deepcopy(config)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") in RNN_LAYERS and isinstance(node.get("config"), dict):
-                node["config"]["unroll"] = True
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return config
-
-
-def rebuild_unrolled(model: Any) -> Any:
-    """The same model, recurrent layers rebuilt with ``unroll=True`` (a loop-free graph)."""
-    import keras
-
-    config = set_unroll(model.get_config())
-    try:
-        rebuilt = model.__class__.from_config(config)
-    except Exception:
-        rebuilt = keras.Model.from_config(config)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-def concrete_function(model: Any, batch: int | None) -> Any:
-    import tensorflow as tf
-
-    shape = [batch, *model.inputs[0].shape[1:]]
-    spec = tf.TensorSpec(shape, model.inputs[0].dtype or tf.float32, name="input")
-
-    @tf.function(input_signature=[spec])
-    def serve(x: Any) -> Any:
-        return model(x, training=False)
-
-    return serve.get_concrete_function()
-
-
-def representative(calibration: np.ndarray) -> Any:
-    def gen() -> Iterator[list[np.ndarray]]:
-        for i in range(min(len(calibration), CALIBRATION_SAMPLES)):
-            yield [calibration[i:i + 1].astype(np.float32)]
-
-    return gen
 
 
 def configure(converter: Any, mode: str, calibration: np.ndarray | None,
@@ -124,47 +56,6 @@ def configure(converter: Any, mode: str, calibration: np.ndarray | None,
     converter.target_spec.supported_ops = builtins
 
 
-def make_converter(spec: ConvertSpec) -> Any:
-    """A TFLiteConverter for the model at ``spec.model_path``, prepared for its LSTM path."""
-    import tensorflow as tf
-
-    path = Path(spec.model_path)
-    if check_model_path(path) == "saved_model":
-        from converter.fused import has_keras_metadata, tf_keras_converter
-
-        if has_keras_metadata(path):
-            return tf_keras_converter(path, spec.lstm_path, spec.batch)
-        return saved_model_converter(path, spec)
-    model = load_keras_model(path)
-    check_layers(model, allow_unknown=spec.allow_flex)
-    info = describe_model(model)
-    if info.has_rnn and spec.lstm_path == "fused":
-        from converter.fused import fused_converter
-
-        return fused_converter(path, spec.mode)
-    if info.has_rnn:
-        model = rebuild_unrolled(model)
-    # Never pass the Keras 3 model as a second argument: that writes a weightless model.
-    return tf.lite.TFLiteConverter.from_concrete_functions(
-        [concrete_function(model, spec.batch)])
-
-
-def saved_model_converter(path: Path, spec: ConvertSpec) -> Any:
-    """A SavedModel's serving function, traced again at the spec's batch size."""
-    import tensorflow as tf
-
-    loaded, signature = load_saved_model(path)
-    name, in_spec = next(iter(signature.structured_input_signature[1].items()))
-    fixed = tf.TensorSpec([spec.batch, *in_spec.shape[1:]], in_spec.dtype, name=name)
-    function = tf.function(lambda x: signature(**{name: x}),
-                           input_signature=[fixed]).get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function])
-    if spec.allow_flex:
-        converter._experimental_lower_tensor_list_ops = False
-    converter.edge_keepalive = loaded  # the variables die with the loaded object
-    return converter
-
-
 def loop_error(spec: ConvertSpec, message: str) -> ConversionError | None:
     """A clear error when the graph keeps a recurrent loop (WHILE / tensor-list ops)."""
     if "TensorList" not in message and "While" not in message:
@@ -185,8 +76,6 @@ def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     converter = make_converter(spec)
     if spec.mode == "mixed":
-        from converter.quantize import convert_mixed
-
         return convert_mixed(converter, calibration, spec.float_layers)
     configure(converter, spec.mode, calibration, spec.allow_flex)
     try:
@@ -231,8 +120,6 @@ def check_forbidden(ops: dict[str, int], spec: ConvertSpec) -> None:
     layers = "the model's recurrent or custom layers"
     path = Path(spec.model_path)
     if check_model_path(path) == "keras":
-        from converter.load import iter_layers
-
         model = load_keras_model(path)
         suspects = [f"{x.name} ({type(x).__name__})" for x in iter_layers(model)
                     if type(x).__name__ in RNN_LAYERS

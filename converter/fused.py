@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConversionError
+from converter.graph import concrete_function, set_unroll
+from converter.load import load_keras_model
 
 TF_KERAS_INSTALL = "pip install --no-deps tf-keras==2.21.0"
 DROPPED_KEYS = ("_initializer", "_regularizer", "_constraint")
@@ -79,8 +81,6 @@ def fused_converter(path: Path, mode: str) -> Any:
     """A converter whose LSTMs become UNIDIRECTIONAL_SEQUENCE_LSTM ops (batch 1)."""
     import tensorflow as tf
 
-    from converter.load import load_keras_model
-
     if mode == "int16x8":
         raise ConversionError("the fused LSTM op has no int16x8 kernel; use --lstm-path "
                               "unrolled for int16x8")
@@ -109,8 +109,6 @@ def load_tf_keras_saved_model(path: Path) -> Any:
 def tf_keras_converter(path: Path, lstm_path: str, batch: int | None) -> Any:
     """Converter for a tf-keras SavedModel: recurrent layers unrolled, or fused at batch 1."""
     import tensorflow as tf
-
-    from converter.convert import concrete_function, set_unroll
 
     model = load_tf_keras_saved_model(path)
     if lstm_path == "fused":

@@ -29,9 +29,9 @@ from agent.contract import (
 )
 from agent.errors import ConversionError
 from converter import worker
-from converter.convert import ConvertSpec
 from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
 from converter.fused import tf_keras_available
+from converter.graph import ConvertSpec
 from converter.load import ModelInfo, check_model_path
 from converter.report import (
     ModeResult,

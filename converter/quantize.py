@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from agent.errors import ConversionError
-from converter.convert import ConvertSpec, make_converter, representative
+from converter.graph import ConvertSpec, representative
+from converter.source import make_converter
 
 DEBUG_SAMPLES = 64
 

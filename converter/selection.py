@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agent.errors import ConversionError
-from converter.convert import ConvertSpec
+from converter.graph import ConvertSpec
 from converter.load import ModelInfo
 from converter.report import ModeResult
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agent.errors import ConversionError
-from converter.convert import ConvertSpec
+from converter.graph import ConvertSpec
 from converter.load import ModelInfo
 
 T = TypeVar("T")

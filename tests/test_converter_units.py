@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from agent.errors import ConversionError
-from converter.convert import set_unroll
 from converter.data import InputPrep, check_prep, load_data, load_labels, resize_image
+from converter.graph import set_unroll
 from converter.pipeline import ConvertOptions
 from converter.report import (
     ModeResult,

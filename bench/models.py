@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from bench.common import scene_frame
+from converter.options import AUTO_MODES
 
-REFERENCE_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 MOBILENET_MODES = ("float32", "float16", "dynamic", "int8")
 MOBILENET_CLASSES = 10
 MOBILENET_CALIBRATION = 32
@@ -71,7 +71,7 @@ def _convert(args: list[str]) -> None:
 # ------------------------------------------------------------------ reference models
 
 
-def reference_variants(which: str, cache: Path, modes: tuple[str, ...] = REFERENCE_MODES,
+def reference_variants(which: str, cache: Path, modes: tuple[str, ...] = AUTO_MODES,
                        log: Any = print) -> list[Variant]:
     """``which`` is ``cnn`` or ``lstm``; trains once, converts each missing mode."""
     from converter import reference as ref

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 from agent.errors import ConversionError, EdgeError
-from converter.pipeline import ConvertOptions, run
+from converter.options import LSTM_PATH_CHOICES, MODE_CHOICES, ConvertOptions
+from converter.pipeline import run
 from converter.report import ops_summary
-
-MODE_CHOICES = ("auto", "float32", "float16", "dynamic", "int8", "int16x8", "mixed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy points auto may lose against Keras (default 1.0)")
     p.add_argument("--allow-flex", action="store_true",
                    help="keep Flex, custom or WHILE ops instead of failing")
-    p.add_argument("--lstm-path", choices=("auto", "unrolled", "fused"), default="auto")
+    p.add_argument("--lstm-path", choices=LSTM_PATH_CHOICES, default="auto")
     p.add_argument("--stride", type=int, help="sequence models: window stride (default: length)")
     p.add_argument("--color", choices=("gray", "rgb", "bgr"))
     p.add_argument("--resize", choices=("stretch", "letterbox", "center_crop"))

@@ -21,10 +21,9 @@ from converter.load import (
     iter_layers,
     load_keras_model,
 )
+from converter.options import CALIBRATED_MODES, QUANTIZE_MODES, forbidden_ops
 from converter.quantize import convert_mixed
 from converter.source import make_converter
-
-MODES = ("float32", "float16", "dynamic", "int8", "int16x8", "mixed")
 
 
 def configure(converter: Any, mode: str, calibration: np.ndarray | None,
@@ -37,7 +36,7 @@ def configure(converter: Any, mode: str, calibration: np.ndarray | None,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if mode in ("int8", "int16x8", "mixed"):
+    if mode in CALIBRATED_MODES:
         if calibration is None or len(calibration) == 0:
             raise ConversionError(f"mode {mode} needs calibration data (--calibration)")
         converter.representative_dataset = representative(calibration)
@@ -71,8 +70,9 @@ def loop_error(spec: ConvertSpec, message: str) -> ConversionError | None:
 
 def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
     """Convert and return the flatbuffer; every failure becomes a ConversionError."""
-    if spec.mode not in MODES:
-        raise ConversionError(f"unknown mode {spec.mode!r}; choose from {', '.join(MODES)}")
+    if spec.mode not in QUANTIZE_MODES:
+        raise ConversionError(f"unknown mode {spec.mode!r}; choose from "
+                              f"{', '.join(QUANTIZE_MODES)}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     converter = make_converter(spec)
     if spec.mode == "mixed":
@@ -114,7 +114,7 @@ def op_histogram(content: bytes) -> dict[str, int]:
 
 def check_forbidden(ops: dict[str, int], spec: ConvertSpec) -> None:
     """Flex, custom and WHILE ops are errors unless --allow-flex; name the op and the layer."""
-    bad = sorted(op for op in ops if op in ("WHILE", "CUSTOM") or op.startswith("Flex"))
+    bad = forbidden_ops(ops)
     if not bad or spec.allow_flex:
         return
     layers = "the model's recurrent or custom layers"

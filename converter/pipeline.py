@@ -33,9 +33,9 @@ from converter.data import DataSet, InputPrep, check_prep, load_data, load_label
 from converter.fused import tf_keras_available
 from converter.graph import ConvertSpec
 from converter.load import ModelInfo, check_model_path
+from converter.options import ConvertOptions, forbidden_ops
 from converter.report import (
     ModeResult,
-    forbidden_ops,
     measure,
     ops_summary,
     set_drops,
@@ -49,29 +49,6 @@ SYNTHETIC_SAMPLES = 64
 MIN_CALIBRATION = 100
 MIXED_RMSE_OVER_SCALE = 0.7  # the quantization debugger guide's threshold
 MIXED_MAX_FLOAT_LAYERS = 3
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    model: Path
-    out: Path
-    quantize: str = "auto"
-    calibration: Path | None = None
-    eval: Path | None = None
-    labels: Path | None = None
-    name: str | None = None
-    version: str = "1.0.0"
-    threads: int = 2
-    max_drop: float = 1.0
-    int8_budget: float = 0.5
-    allow_flex: bool = False
-    lstm_path: str = "auto"
-    stride: int | None = None
-    color: str | None = None
-    resize: str | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    latency_runs: int = 200
 
 
 @dataclass

@@ -12,7 +12,6 @@ import numpy as np
 
 from agent.inference.engine import Engine
 
-FORBIDDEN_OPS = ("WHILE", "CUSTOM")
 LATENCY_RUNS = 200
 LATENCY_WARMUP = 20
 
@@ -49,10 +48,6 @@ class ModeResult:
         out = asdict(self)
         out.pop("content")
         return out
-
-
-def forbidden_ops(ops: dict[str, int]) -> list[str]:
-    return sorted(op for op in ops if op in FORBIDDEN_OPS or op.startswith("Flex"))
 
 
 def xnnpack_coverage(op_details: list[dict[str, Any]]) -> tuple[int, int, int, dict[str, int]]:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from agent.errors import ConversionError
 from converter.graph import ConvertSpec
 from converter.load import ModelInfo
+from converter.options import AUTO_MODES, CALIBRATED_MODES, ConvertOptions
 from converter.report import ModeResult
 
-if TYPE_CHECKING:
-    from converter.pipeline import ConvertOptions
-
-AUTO_MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-CALIBRATED_MODES = ("int8", "int16x8", "mixed")
 TIE_MARGIN = 0.10  # latencies this close are within the timing noise of one run
 
 

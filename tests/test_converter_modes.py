@@ -12,6 +12,7 @@ import pytest
 
 from converter.cli import main
 from converter.fused import tf_keras_available
+from converter.options import AUTO_MODES, CALIBRATED_MODES, forbidden_ops
 from tests.support.reference_models import ReferenceModel
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def chosen(rep: dict[str, Any]) -> dict[str, Any]:
 
 def assert_loop_free(result: dict[str, Any]) -> None:
     assert not result["error"], result["error"]
-    bad = [op for op in result["ops"] if op in ("WHILE", "CUSTOM") or op.startswith("Flex")]
+    bad = forbidden_ops(result["ops"])
     assert not bad, f"{result['mode']}/{result['lstm_path']}: {bad}"
 
 
@@ -63,7 +64,7 @@ def test_lstm_float_modes_agree(lstm: ReferenceModel, tmp_path: Path, mode: str,
         assert result["ops"].get("UNIDIRECTIONAL_SEQUENCE_LSTM") == 3
 
 
-@pytest.mark.parametrize("mode", ["int8", "int16x8", "mixed"])
+@pytest.mark.parametrize("mode", CALIBRATED_MODES)
 def test_lstm_integer_modes_unrolled(lstm: ReferenceModel, tmp_path: Path, mode: str) -> None:
     result = chosen(report(lstm.keras, lstm, tmp_path, "--quantize", mode, "--lstm-path",
                            "unrolled"))
@@ -95,7 +96,7 @@ def test_auto_picks_within_max_drop(cnn: ReferenceModel, lstm: ReferenceModel, t
     assert "fastest within --max-drop" in rep["reason"]
     assert "chosen:" in printed and "p50@2" in printed
     modes = {r["mode"] for r in rep["results"]}
-    assert {"float32", "float16", "dynamic", "int8", "int16x8"} <= modes
+    assert set(AUTO_MODES) <= modes
     if which == "lstm":
         for r in rep["results"]:
             if not r["error"]:

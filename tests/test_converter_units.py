@@ -11,7 +11,7 @@ import pytest
 from agent.errors import ConversionError
 from converter.data import InputPrep, check_prep, load_data, load_labels, resize_image
 from converter.graph import set_unroll
-from converter.pipeline import ConvertOptions
+from converter.options import ConvertOptions
 from converter.report import (
     ModeResult,
     dequantize_output,

@@ -19,15 +19,7 @@ from agent.commands.control import RunningAgentControl
 from agent.commands.handlers import build_command_handlers
 from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
-from agent.contract import (
-    STATE_DEGRADED,
-    STATE_ONLINE,
-    STATE_PAUSED,
-    STATE_STOPPED,
-    ModelManifest,
-    Topics,
-    WindowSpec,
-)
+from agent.contract import STATE_DEGRADED, STATE_ONLINE, STATE_PAUSED, STATE_STOPPED, Topics
 from agent.errors import DeployError, EdgeError
 from agent.health import HealthMonitor, ProgressPolicy, StatsRecorder, SystemdNotifier
 from agent.inference.engine import DelegateSpec, Engine
@@ -39,6 +31,7 @@ from agent.inference.pipeline import (
     build_loaded_model,
 )
 from agent.inference.postprocess import ChangeFilter
+from agent.manifest import ModelManifest, WindowSpec
 from agent.metrics import AgentMetrics, MetricSources
 from agent.models.receiver import ModelReceiver
 from agent.models.store import InstalledModel, ModelStore

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import AgentConfig, CameraSourceConfig
-from agent.contract import load_manifest
 from agent.errors import ConfigError, EdgeError
 from agent.files import sha256_file
+from agent.manifest import load_manifest
 
 
 def _setup_logging(level: str) -> None:

@@ -338,8 +338,8 @@ def load_config(path: str | Path) -> AgentConfig:
 
 def semantic_problems(cfg: AgentConfig) -> list[str]:
     """Checks that need the file system or the model manifest (run by check-config and run)."""
-    from agent.contract import load_manifest
     from agent.errors import ManifestError
+    from agent.manifest import load_manifest
 
     problems: list[str] = []
     try:

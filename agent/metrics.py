@@ -28,9 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from agent.config import MetricsConfig
-from agent.contract import ModelManifest
 from agent.errors import EdgeError
 from agent.inference.pipeline import Pipeline
+from agent.manifest import ModelManifest
 from agent.records import Result
 
 log = logging.getLogger(__name__)

@@ -50,8 +50,8 @@ def _per_call_us(fn: Callable[[], Any], budget_s: float) -> float:
 def _pairs(old: dict[str, ModuleType], frames: list[np.ndarray], manifests: list[Path]
            ) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     from agent import payloads
-    from agent.contract import load_manifest
     from agent.inference import postprocess, preprocess
+    from agent.manifest import load_manifest
     from agent.records import LabelScore, Result
 
     pairs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {}

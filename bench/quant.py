@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import load_manifest
 from agent.inference.engine import Engine
+from agent.manifest import load_manifest
 from bench.common import median
 from bench.models import Variant
 

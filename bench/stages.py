@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.contract import load_manifest
 from agent.inference.engine import Engine
 from agent.inference.pipeline import build_loaded_model
+from agent.manifest import load_manifest
 from agent.payloads import labels_payload
 from agent.records import Result
 from bench.common import decoded_frames, timed_loop

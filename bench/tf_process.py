@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from agent.contract import load_manifest
+    from agent.manifest import load_manifest
     from bench.tfcompare import _tf_input
 
     manifest = load_manifest(args.manifest)

@@ -39,9 +39,9 @@ def _methods(keras_path: str, manifest_path: str, threads: int) -> dict[str, Met
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from agent.contract import load_manifest
     from agent.inference.engine import Engine
     from agent.inference.pipeline import build_loaded_model
+    from agent.manifest import load_manifest
     from agent.payloads import labels_payload
     from agent.records import Result
 

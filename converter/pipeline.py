@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import (
+from agent.errors import ConversionError
+from agent.manifest import (
     InputSpec,
     ModelManifest,
     Normalization,
@@ -27,7 +28,6 @@ from agent.contract import (
     RuntimeHints,
     WindowSpec,
 )
-from agent.errors import ConversionError
 from converter import worker
 from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
 from converter.fused import tf_keras_available

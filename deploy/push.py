@@ -13,15 +13,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import (
-    STATE_OFFLINE,
-    FleetTopics,
-    ModelManifest,
-    model_part,
-    parse_manifest,
-)
+from agent.contract import STATE_OFFLINE, FleetTopics, model_part
 from agent.errors import DeployError, ManifestError
 from agent.files import sha256_file
+from agent.manifest import ModelManifest, parse_manifest
 from agent.models.signing import sign_manifest
 from agent.models.wire import (
     RESULT_ERROR,

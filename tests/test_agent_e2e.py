@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.contract import load_manifest
 from agent.inference.engine import Engine
+from agent.manifest import load_manifest
 from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
 from tests.support.broker import Mosquitto
 from tests.support.mqtt_client import Collector

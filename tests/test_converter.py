@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import load_manifest
 from agent.files import sha256_file
 from agent.inference.engine import Engine
+from agent.manifest import load_manifest
 from converter.cli import main
 from converter.options import forbidden_ops
 from tests.support.reference_models import ReferenceModel

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.contract import load_manifest
 from agent.errors import DelegateError, ModelLoadError, ModelMismatchError, RuntimeNotFoundError
 from agent.inference.engine import DelegateSpec, Engine, import_runtime
+from agent.manifest import load_manifest
 
 DATA = Path(__file__).resolve().parents[1] / "agent" / "data"
 CNN = DATA / "digits_cnn.tflite"

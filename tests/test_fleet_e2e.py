@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.contract import load_manifest
 from agent.files import sha256_file
+from agent.manifest import load_manifest
 from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push

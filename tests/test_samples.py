@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from agent.capture.samples import SampleSource, SequenceWindower
 from agent.config import MqttSourceConfig
-from agent.contract import Topics, WindowSpec
+from agent.contract import Topics
 from agent.errors import SampleError
+from agent.manifest import WindowSpec
 from agent.records import Frame
 
 F = 3

@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 
 from agent.commands.router import CommandRouter
-from agent.contract import (
-    InputSpec,
-    ModelManifest,
-    Normalization,
-    OutputSpec,
-    Quantization,
-    Topics,
-    WindowSpec,
-)
+from agent.contract import Topics
 from agent.errors import FrameError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier
 from agent.inference.pipeline import FrameInbox, Pipeline, build_loaded_model
 from agent.inference.postprocess import ChangeFilter, Postprocessor
 from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
+from agent.manifest import (
+    InputSpec,
+    ModelManifest,
+    Normalization,
+    OutputSpec,
+    Quantization,
+    WindowSpec,
+)
 from agent.records import Frame, LabelScore, Result
 
 

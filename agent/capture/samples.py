@@ -34,8 +34,9 @@ from typing import Protocol
 import numpy as np
 
 from agent.config import MqttSourceConfig
-from agent.contract import Topics, WindowSpec
+from agent.contract import Topics
 from agent.errors import SampleError
+from agent.manifest import WindowSpec
 from agent.records import Frame
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from agent.contract import ModelManifest
 from agent.errors import DelegateError, ModelLoadError, ModelMismatchError, RuntimeNotFoundError
+from agent.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.contract import ModelManifest
 from agent.errors import EdgeError
 from agent.inference.postprocess import Postprocessor
 from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
+from agent.manifest import ModelManifest
 from agent.records import Frame, Result
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from agent.contract import OutputSpec
+from agent.manifest import OutputSpec
 from agent.records import LabelScore
 
 SMALL_OUTPUT = 64

@@ -11,8 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agent.contract import InputSpec, WindowSpec
 from agent.errors import FrameError, SampleError
+from agent.manifest import InputSpec, WindowSpec
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8,
               "uint8": np.uint8, "int16": np.int16, "int32": np.int32}

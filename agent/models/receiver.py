@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import ModelManifest, Topics, parse_manifest
+from agent.contract import Topics
 from agent.errors import DeployError, EdgeError
 from agent.files import atomic_write_bytes, sha256_file
 from agent.inference.engine import DelegateSpec, Engine
+from agent.manifest import ModelManifest, parse_manifest
 from agent.models.signing import KeySpec, load_trusted_keys, verify_manifest
 from agent.models.store import MANIFEST_NAME, SIGNATURE_NAME, InstalledModel, ModelStore
 from agent.models.wire import (

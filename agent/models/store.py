@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.contract import ModelManifest, load_manifest
 from agent.errors import DeployError, ManifestError
 from agent.files import atomic_write_bytes, fsync_dir, sha256_file
+from agent.manifest import ModelManifest, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from agent.contract import QuantizeMode
+from agent.manifest import QuantizeMode
 
 QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
 MODE_CHOICES: tuple[str, ...] = ("auto", *QUANTIZE_MODES)

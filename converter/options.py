@@ -1,6 +1,6 @@
 """What a user asks of edge-convert, and the vocabulary it is asked in (a leaf module).
 
-The quantization modes are the manifest's (``agent.contract.QuantizeMode``); the ops the
+The quantization modes are the manifest's (``agent.manifest.QuantizeMode``); the ops the
 on-device runtime must not get, the modes ``auto`` tries and the LSTM paths live here
 only.
 """

@@ -25,7 +25,10 @@ from agent.errors import ConfigError
 
 TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]{1,64}$"
 TOPIC_PATH = r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$"
-PositiveFloat = Annotated[float, Field(gt=0)]
+STREAM_NAME = r"^(\+|[A-Za-z0-9_.-]{1,64})$"  # a stream name, or + for every stream
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values in the document once every alias is expanded
 
 
 class Section(BaseModel):
@@ -66,6 +69,10 @@ class MqttConfig(Section):
     tls: TlsConfig = Field(default_factory=TlsConfig)
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 30.0
+    connect_timeout_s: PositiveFloat = Field(
+        default=5.0, description="no CONNACK within this long: drop the attempt and retry")
+    max_inflight: int = Field(default=100, ge=1, le=65535,
+                              description="outbox messages sent and not yet acknowledged")
 
     @model_validator(mode="after")
     def _checks(self) -> MqttConfig:
@@ -97,7 +104,15 @@ class OutboxConfig(Section):
     path: Path | None = Field(default=None, description="default: <state_dir>/outbox.sqlite")
     max_messages: int = Field(default=100_000, ge=10)
     max_age_s: PositiveFloat = 7 * 86400
-    drain_rate_per_s: PositiveFloat = 1000.0
+    drain_rate_per_s: float = Field(
+        default=1000.0, ge=0, allow_inf_nan=False,
+        description="messages/s for the backlog queued during an outage (0: unpaced)")
+    memory_max_messages: int = Field(
+        default=10_000, ge=10, description="bound of the memory queue used while the disk "
+        "refuses writes (full, read-only, corrupt)")
+    memory_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    retry_disk_s: PositiveFloat = Field(
+        default=5.0, description="how often to try the disk again while it refuses")
 
 
 class DelegateConfig(Section):
@@ -152,7 +167,7 @@ class CameraSourceConfig(Section):
 class MqttSourceConfig(Section):
     type: Literal["mqtt"]
     name: str = Field(pattern=TOPIC_SEGMENT)
-    streams: list[Annotated[str, Field(pattern=TOPIC_SEGMENT)]] = Field(
+    streams: list[Annotated[str, Field(pattern=STREAM_NAME)]] = Field(
         default_factory=lambda: ["+"], min_length=1,
         description="stream names under <base>/in/; '+' takes every stream")
     max_payload_bytes: int = Field(default=65536, ge=16)
@@ -264,7 +279,7 @@ def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
         key = ".".join(str(p) for p in loc) or "(root)"
         value = _lookup(raw, loc)
         shown = "(missing)" if err["type"] == "missing" else \
-            "(hidden)" if _secret_key(loc) else _short(repr(value))
+            "(hidden)" if _secret_key(loc) else _shown(value)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -282,8 +297,30 @@ def _secret_key(loc: tuple[Any, ...]) -> bool:
         not last.endswith(("_env", "_file"))
 
 
-def _short(text: str, limit: int = 80) -> str:
+def _shown(value: Any, limit: int = 80) -> str:
+    """The offending value for an error line: bounded in depth and width, so that a huge or
+    self-referencing value costs no more to print than a small one."""
+    text = _bounded_repr(value, depth=3)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bounded_repr(value: Any, depth: int, width: int = 4) -> str:
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "{...}"
+        items = [f"{_bounded_repr(k, depth - 1)}: {_bounded_repr(v, depth - 1)}"
+                 for k, v in list(value.items())[:width]]
+        return "{" + ", ".join(items + ["..."] * (len(value) > width)) + "}"
+    if isinstance(value, list):
+        if depth <= 0:
+            return "[...]"
+        items = [_bounded_repr(v, depth - 1) for v in value[:width]]
+        return "[" + ", ".join(items + ["..."] * (len(value) > width)) + "]"
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:60]) + "..."
+    if isinstance(value, bytes) and len(value) > 60:
+        return repr(value[:60]) + "..."
+    return repr(value)
 
 
 def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
@@ -325,15 +362,63 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
 
 def load_config(path: str | Path) -> AgentConfig:
     path = Path(path)
+    where = f"(file): {str(path)!r}"
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"(file): {str(path)!r}: cannot read: {exc.strerror}"]) from exc
+        raise ConfigError([f"{where}: cannot read: {exc.strerror}"]) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{where}: larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})"]) from exc
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"(file): {str(path)!r}: not valid YAML: {exc}"]) from exc
+        raise ConfigError([f"{where}: not valid YAML: {_shown_text(str(exc), 300)}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{where}: not valid YAML: nested too deeply"]) from exc
+    _check_expanded_size(raw, where)
     return parse_config(raw, base_dir=path.parent.resolve())
+
+
+def _shown_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_expanded_size(raw: Any, where: str) -> None:
+    """Refuse a document whose aliases expand past ``MAX_CONFIG_NODES`` values (a "billion
+    laughs" bomb: PyYAML shares aliased nodes, but validating walks every expanded copy) or
+    refer to themselves. Linear in the distinct nodes: each one's expanded size is memoized."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError([f"{where}: an alias refers to itself"])
+        open_nodes.add(key)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError([f"{where}: expands to more than {MAX_CONFIG_NODES} values "
+                                   f"through aliases"])
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(raw)
+    except RecursionError as exc:
+        raise ConfigError([f"{where}: nested too deeply"]) from exc
 
 
 def semantic_problems(cfg: AgentConfig) -> list[str]:

@@ -160,3 +160,53 @@ def test_example_configs_are_valid() -> None:
     for path in (REPO / "config" / "agent.example.yaml", REPO / "agent" / "data" / "demo.yaml"):
         cfg = load_config(path)
         assert cfg.sources
+
+
+def alias_bomb(levels: int, name: str = "sources") -> str:
+    """A "billion laughs" document: each level nine aliases of the one before."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]")
+    lines.append(f"{name}: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(9))
+    assert bomb.stat().st_size < 1024
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(bomb)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "expands to more than 100000 values through aliases" in out.stdout
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("sources: &s [*s]\n")
+    with pytest.raises(ConfigError, match=r"refers to itself|expands"):
+        load_config(loop)
+
+
+def test_a_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b'device: {id: "caf\xe9"}\n')
+    with pytest.raises(ConfigError, match=r"latin1.yaml'.*not UTF-8 \(invalid continuation"):
+        load_config(path)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000)
+    with pytest.raises(ConfigError, match=r"deep\.yaml"):
+        load_config(deep)
+
+
+def test_the_documented_every_stream_wildcard_is_accepted() -> None:
+    raw = with_change("sources.0", {"name": "imu", "type": "mqtt", "streams": ["+"]})
+    assert parse_config(raw).sources[0].streams == ["+"]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"streams\.0"):
+        parse_config(with_change("sources.0", {"name": "imu", "type": "mqtt",
+                                               "streams": ["a+b"]}))
+
+
+def test_drain_rate_and_rates_refuse_infinity() -> None:
+    with pytest.raises(ConfigError, match="stats_interval_s"):
+        parse_config(with_change("publish.stats_interval_s", float("inf")))
+    with pytest.raises(ConfigError, match="drain_rate_per_s"):
+        parse_config(with_change("outbox.drain_rate_per_s", float("nan")))
+    assert parse_config(with_change("outbox.drain_rate_per_s", 0)).outbox.drain_rate_per_s == 0

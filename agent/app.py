@@ -37,7 +37,7 @@ from agent.models.receiver import ModelReceiver
 from agent.models.store import InstalledModel, ModelStore
 from agent.mqtt.homeassistant import SummaryPublisher, discovery_messages
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
+from agent.mqtt.port import InboundMessage, MqttPort
 from agent.payloads import encode, labels_payload, status_body
 from agent.records import Result
 
@@ -136,7 +136,7 @@ class AgentApp:
         self.outbox = Outbox(cfg.outbox_path(), max_messages=cfg.outbox.max_messages,
                              max_age_s=cfg.outbox.max_age_s) if cfg.outbox.enabled \
             else Outbox.disabled(max_messages=cfg.outbox.max_messages)
-        self.port = MqttPort(self._mqtt_options(), self.topics, outbox=self.outbox,
+        self.port = MqttPort(cfg.mqtt, self.topics, outbox=self.outbox, outbox_cfg=cfg.outbox,
                              status_payload=self._status_payload,
                              on_connection=self._on_connection)
         self.inbox = FrameInbox(default_depth=cfg.pipeline.queue_depth)
@@ -183,17 +183,6 @@ class AgentApp:
             self.store.activate(fallback, reason=f"active model failed to load: {exc}")
             return loaded
 
-    def _mqtt_options(self) -> MqttOptions:
-        m = self.cfg.mqtt
-        return MqttOptions(
-            host=m.host, port=m.port, client_id=m.client_id or f"edge-agent-"
-            f"{self.topics.device_id}", protocol=m.protocol, keepalive=m.keepalive_s,
-            username=m.username, password=m.password(), tls=m.tls.enabled,
-            ca_file=str(m.tls.ca_file) if m.tls.ca_file else None,
-            cert_file=str(m.tls.cert_file) if m.tls.cert_file else None,
-            key_file=str(m.tls.key_file) if m.tls.key_file else None,
-            tls_insecure=m.tls.insecure, qos=m.qos, reconnect_min_s=m.reconnect_min_s,
-            reconnect_max_s=m.reconnect_max_s, drain_rate_per_s=self.cfg.outbox.drain_rate_per_s)
 
     def _build_router(self) -> CommandRouter:
         control = RunningAgentControl(
@@ -227,12 +216,12 @@ class AgentApp:
 
     def _subscribe(self) -> None:
         for f in self.topics.command_filters():
-            self.port.subscribe(f, self.router.handle)
+            self.port.subscribe(f, self.router.handle, kind="command")
         for f in self.receiver.filters():
-            self.port.subscribe(f, self._on_model_message)
+            self.port.subscribe(f, self._on_model_message, kind="model")
         for samples in self.sample_sources:
             for f in samples.filters():
-                self.port.subscribe(f, samples.handle)
+                self.port.subscribe(f, samples.handle, kind="sample")
 
     def _serving_window(self) -> WindowSpec | None:
         return self.pipeline.model.manifest.window

@@ -74,6 +74,11 @@ class Topics:
         """Where a push to this device goes (``<base>/model/<part>``)."""
         return f"{self.base}/model"
 
+    @property
+    def liveness_probe(self) -> str:
+        """Never subscribed: the port unsubscribes from it to make a quiet broker answer."""
+        return f"{self.base}/probe"
+
     def group_base(self, group: str) -> str:
         return f"{self.prefix}/group/{group}"
 
@@ -211,6 +216,11 @@ class StatsRecord:
     outbox_set_aside: int | None
     outbox_expired: int
     mqtt_reconnects: int | None
+    outbox_durable: bool  # false while results wait in memory because the disk refuses
+    outbox_memory_dropped: int | None  # lost to the memory queue's bound meanwhile
+    inbound_dropped_commands: int | None  # inbound messages a full queue dropped, per kind
+    inbound_dropped_model: int | None
+    inbound_dropped_samples: int | None
     rss_mb: float
     open_fds: int
     uptime_s: float

@@ -200,6 +200,7 @@ class StatsRecorder:
         self._prev = (now, put, inf)
         self.last_fps = (inf - inf0) / dt
         port, cams, samples = self._port.stats(), self._cameras, self._sample_sources
+        inbound = port.get("inbound_dropped") or {}
         top1 = list(pl.top1)
         return StatsRecord(
             fps_in=round((put - put0) / dt, 2), fps_out=round(self.last_fps, 2),
@@ -213,7 +214,7 @@ class StatsRecorder:
             sample_errors=sum(s.rejected for s in samples),
             streams_evicted=sum(s.evicted for s in samples),
             suppressed=self._change_filter.suppressed if self._change_filter else 0,
-            published=port.get("published"), dropped_inbound=port.get("inbound_dropped"),
+            published=port.get("published"), dropped_inbound=sum(inbound.values()),
             commands_handled=self._commands.handled, commands_rejected=self._commands.rejected,
             watchdog_withheld=self._watchdog.withheld,
             inference_ms_p50=percentile(pl.inference_ms, 50),
@@ -222,6 +223,11 @@ class StatsRecorder:
             outbox_depth=port.get("outbox_depth"), outbox_dropped=port.get("outbox_dropped"),
             outbox_set_aside=port.get("set_aside"), outbox_expired=self._outbox.expired,
             mqtt_reconnects=port.get("reconnects"),
+            outbox_durable=bool(port.get("outbox_durable", True)),
+            outbox_memory_dropped=port.get("outbox_memory_dropped"),
+            inbound_dropped_commands=inbound.get("command"),
+            inbound_dropped_model=inbound.get("model"),
+            inbound_dropped_samples=inbound.get("sample"),
             rss_mb=rss_mb(), open_fds=open_fds(), uptime_s=round(now - self._started_mono, 1),
             mean_top1=round(sum(top1) / len(top1), 4) if top1 else None,
             paused=pl.paused, ts=round(time.time(), 3))

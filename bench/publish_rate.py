@@ -21,9 +21,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config import MqttConfig
 from agent.contract import Topics
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.port import MqttOptions, MqttPort
+from agent.mqtt.port import MqttPort
 from tests.support.broker import Mosquitto
 
 TOPICS = Topics("bench", "dev1")
@@ -65,7 +66,7 @@ class Counter:
 def run_once(broker: Mosquitto, outbox: Outbox, count: int, protocol: str) -> float:
     payloads = [label(i) for i in range(count)]
     counter = Counter(broker.port, TOPICS.labels, count)
-    port = MqttPort(MqttOptions(port=broker.port, protocol=protocol),  # type: ignore[arg-type]
+    port = MqttPort(MqttConfig(port=broker.port, protocol=protocol),  # type: ignore[arg-type]
                     TOPICS, outbox=outbox, status_payload=lambda s, r: {"state": s})
     port.start()
     if not port.wait_connected(5):

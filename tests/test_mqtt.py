@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.config import MqttConfig, OutboxConfig, TlsConfig
 from agent.contract import Topics
-from agent.errors import ConfigError
+from agent.mqtt.options import INBOX_LIMITS, InboundKind, InboxLimit
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.port import InboundMessage, MqttOptions, MqttPort
+from agent.mqtt.port import InboundMessage, MqttPort
 from tests.support.broker import Mosquitto
 from tests.support.mqtt_client import Collector
 
@@ -80,17 +81,36 @@ def collect() -> Iterator[CollectorFactory]:
         collector.client.loop_stop()
 
 
+def mqtt_config(broker_port: int, secrets: Path, **options: Any) -> MqttConfig:
+    """The validated ``mqtt`` section from flat test options (``tls``, ``ca_file``,
+    ``password``... as a test writes them)."""
+    tls_keys = {"tls": "enabled", "ca_file": "ca_file", "cert_file": "cert_file",
+                "key_file": "key_file", "tls_insecure": "insecure"}
+    tls = {tls_keys[k]: options.pop(k) for k in list(options) if k in tls_keys}
+    password = options.pop("password", None)
+    if password is not None:
+        secret = secrets / f"mqtt-password-{time.monotonic_ns()}"
+        secret.write_text(password)
+        options["password_file"] = secret
+    return MqttConfig(port=broker_port, tls=TlsConfig(**tls), **options)
+
+
 @pytest.fixture
 def make_port(tmp_path: Path) -> Iterator[PortFactory]:
     ports: list[MqttPort] = []
 
     def make(broker_port: int, *, outbox: Outbox | None = None, start: bool = True,
              on_connection: Callable[[bool, str | None], None] | None = None,
+             drain_rate_per_s: float | None = None,
+             inbox_limits: Mapping[InboundKind, InboxLimit] = INBOX_LIMITS,
              **options: Any) -> MqttPort:
-        opts = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive": 5, **options}
+        opts = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "keepalive_s": 5, **options}
         box = outbox or Outbox(tmp_path / f"outbox-{len(ports)}.db")
-        port = MqttPort(MqttOptions(port=broker_port, **opts), TOPICS, outbox=box,
-                        status_payload=status_payload, on_connection=on_connection)
+        pacing = None if drain_rate_per_s is None else OutboxConfig(
+            drain_rate_per_s=drain_rate_per_s)
+        port = MqttPort(mqtt_config(broker_port, tmp_path, **opts), TOPICS, outbox=box,
+                        outbox_cfg=pacing, status_payload=status_payload,
+                        on_connection=on_connection, inbox_limits=inbox_limits)
         ports.append(port)
         if start:
             port.start()
@@ -157,10 +177,11 @@ def test_stop_publishes_stopped_and_no_last_will(mosquitto: Mosquitto,
 CHILD = """
 import sys, time
 from agent.contract import Topics
-from agent.errors import ConfigError
-from agent.mqtt.port import MqttOptions, MqttPort
+from agent.config import MqttConfig
+from agent.mqtt.port import MqttPort
+from agent.mqtt.options import INBOX_LIMITS, InboundKind, InboxLimit
 from agent.mqtt.outbox import Outbox
-port = MqttPort(MqttOptions(port=int(sys.argv[1])), Topics("edge", "dev1"),
+port = MqttPort(MqttConfig(port=int(sys.argv[1])), Topics("edge", "dev1"),
                 outbox=Outbox(sys.argv[2]),
                 status_payload=lambda state, reason: {"state": state, "reason": reason})
 port.start()
@@ -232,7 +253,7 @@ def test_handler_exception_is_logged_not_fatal(mosquitto: Mosquitto, make_port: 
 
     port.subscribe(TOPICS.cmd("+"), handler)
     sender = collect(mosquitto.port, "unused/#")
-    with caplog.at_level(logging.ERROR, logger="agent.mqtt.port"):
+    with caplog.at_level(logging.ERROR, logger="agent.mqtt.inbound"):
         send_until(sender, TOPICS.cmd("x"), b"boom", lambda: "handler bug" in caplog.text)
         sender.publish(TOPICS.cmd("x"), b"fine")
         wait_until(lambda: seen == [b"fine"], 5, "the command after the failing one")
@@ -308,12 +329,12 @@ def test_payload_above_the_broker_packet_limit_is_set_aside(tmp_path: Path,
         broker.stop()
 
 
-def test_options_refuse_bad_values() -> None:
-    with pytest.raises(ConfigError) as info:
-        MqttOptions(protocol="4", qos=3, reconnect_min_s=60)  # type: ignore[arg-type]
-    assert info.value.problems == [
-        "mqtt.protocol: '4': must be 3.1.1 or 5", "mqtt.qos: 3: must be 0, 1 or 2",
-        "mqtt.reconnect_min_s: 60: must be > 0 and <= reconnect_max_s"]
+def test_the_port_takes_its_defaults_from_the_config(tmp_path: Path) -> None:
+    """One source of defaults: the pace and window the port uses are the config's."""
+    with Outbox(tmp_path / "o.db") as box:
+        port = MqttPort(MqttConfig(), TOPICS, outbox=box, status_payload=status_payload)
+        assert port.window.drain_rate_per_s == OutboxConfig().drain_rate_per_s
+        assert port.window.max_inflight == MqttConfig().max_inflight
 
 
 def test_stop_while_the_broker_is_unreachable_is_quick(mosquitto: Mosquitto,
@@ -338,3 +359,42 @@ def test_direct_publish_to_a_bad_topic_returns_false(mosquitto: Mosquitto,
     assert port.publish(TOPICS.stats, b"{}")
     with pytest.raises(ValueError, match="wildcard"):
         port.publish_durable("edge/#", b"{}")
+
+
+def test_a_flood_of_one_kind_never_drops_another(mosquitto: Mosquitto, make_port: PortFactory,
+                                                collect: CollectorFactory) -> None:
+    """Samples flood a stuck sample handler: samples are dropped and counted, a command
+    still gets through on its own queue."""
+    small = InboxLimit(10, 1 << 20)
+    port = make_port(mosquitto.port, inbox_limits={"command": small, "model": small,
+                                                   "sample": small})
+    unblock = threading.Event()
+    commands: list[bytes] = []
+    port.subscribe(TOPICS.inputs("+"), lambda _m: unblock.wait(10) and None, kind="sample")
+    port.subscribe(TOPICS.cmd("+"), lambda m: commands.append(m.payload), kind="command")
+    sender = collect(mosquitto.port, "unused/#")
+    send_until(sender, TOPICS.cmd("ping"), b"first", lambda: bool(commands))
+    for i in range(60):
+        sender.publish(TOPICS.inputs("imu"), json.dumps([i]).encode())
+    wait_until(lambda: port.stats()["inbound_dropped"]["sample"] >= 40, 10, "sample drops")
+    send_until(sender, TOPICS.cmd("ping"), b"during the flood", lambda: len(commands) >= 2)
+    unblock.set()
+    assert port.stats()["inbound_dropped"]["command"] == 0
+
+
+def test_liveness_does_not_read_pahos_log_text(mosquitto: Mosquitto, make_port: PortFactory,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A paho release that rewords its debug lines must not make an idle, healthy link look
+    dead: the port proves the link with its own probe."""
+    easy_log = mqtt.Client._easy_log
+
+    def reworded(self: mqtt.Client, level: int, fmt: object, *args: object) -> None:
+        easy_log(self, level, str(fmt).replace("Received ", "Got "), *args)
+
+    monkeypatch.setattr(mqtt.Client, "_easy_log", reworded)
+    port = make_port(mosquitto.port, keepalive_s=2)
+    quiet_until = time.monotonic() + 2.5 * 2  # well past 1.5 keepalives without traffic
+    while time.monotonic() < quiet_until:
+        assert port.connected and port.stats()["reconnects"] == 0, port.stats()
+        time.sleep(0.1)
+    assert port.stats()["link_probes"] >= 1

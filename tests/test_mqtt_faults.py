@@ -152,7 +152,7 @@ def test_half_open_link_is_detected_and_recovered(mosquitto: Mosquitto,
                                                   collect: CollectorFactory) -> None:
     proxy = TcpProxy(mosquitto.port).start()
     changes: list[tuple[bool, str | None]] = []
-    port = make_port(proxy.port, keepalive=2, connect_timeout_s=1.0,
+    port = make_port(proxy.port, keepalive_s=2, connect_timeout_s=1.0,
                      on_connection=lambda up, why: changes.append((up, why)))
     producer = produce(port)
     wait_until(lambda: len(subscriber.seqs) >= 15, 5, "traffic before the fault")

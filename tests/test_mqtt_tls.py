@@ -15,10 +15,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import ConfigError
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.port import MqttOptions, MqttPort
+from agent.mqtt.port import MqttPort
 from tests.support.broker import Mosquitto
 from tests.support.certs import Certs, add_password, make_certs
-from tests.test_mqtt import TOPICS, PortFactory, make_port, status_payload, wait_until
+from tests.test_mqtt import (
+    TOPICS,
+    PortFactory,
+    make_port,
+    mqtt_config,
+    status_payload,
+    wait_until,
+)
 
 __all__ = ["make_port"]
 
@@ -88,7 +95,7 @@ def test_untrusted_server_certificate_is_a_clear_error(
 
 
 def test_missing_tls_file_fails_at_start(tmp_path: Path, certs: Certs) -> None:
-    options = MqttOptions(port=1, **tls_options(certs, ca_file=str(tmp_path / "nope.crt")))
+    options = mqtt_config(1, tmp_path, **tls_options(certs, ca_file=str(tmp_path / "nope.crt")))
     port = MqttPort(options, TOPICS, outbox=Outbox.disabled(), status_payload=status_payload)
     with pytest.raises(ConfigError, match=r"nope\.crt"):
         port.start()

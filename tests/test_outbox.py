@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.mqtt.inflight import Delivery
+from agent.mqtt.inflight import InflightWindow
 from agent.mqtt.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,6 @@ def test_survives_reopen(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from agent.mqtt.inflight import Delivery
 from agent.mqtt.outbox import Outbox
 box = Outbox(sys.argv[1])
 i = 0
@@ -160,88 +159,88 @@ def test_behaves_like_a_bounded_ordered_list(ops: list[tuple[str, int]]) -> None
     box.close()
 
 
-# --------------------------------------------------------------------------- Delivery
+# --------------------------------------------------------------------------- InflightWindow
 
 
 def fill(box: Outbox, n: int) -> list[int]:
     return [box.put("t", bytes([i])) for i in range(n)]
 
 
-def test_delivery_sends_in_order_within_the_window() -> None:
+def test_window_sends_in_order_within_the_window() -> None:
     box = Outbox.disabled()
     ids = fill(box, 5)
-    delivery = Delivery(box, max_inflight=2, drain_rate_per_s=0)
-    gen = delivery.open()
-    batch = delivery.next_batch(gen)
+    window = InflightWindow(box, max_inflight=2, drain_rate_per_s=0)
+    gen = window.open()
+    batch = window.next_batch(gen)
     assert [i.id for i in batch] == ids[:2]
     for mid, item in enumerate(batch, start=1):
-        delivery.sent(gen, item.id, mid)
-    assert delivery.next_batch(gen) == []
-    delivery.acked(gen, 1)
-    delivery.settle()
-    assert [i.id for i in delivery.next_batch(gen)] == [ids[2]]
-    assert box.depth == 4 and delivery.delivered == 1
+        window.sent(gen, item.id, mid)
+    assert window.next_batch(gen) == []
+    window.acked(gen, 1)
+    window.settle()
+    assert [i.id for i in window.next_batch(gen)] == [ids[2]]
+    assert box.depth == 4 and window.delivered == 1
 
 
-def test_delivery_ack_before_sent_and_direct_publishes() -> None:
+def test_window_ack_before_sent_and_direct_publishes() -> None:
     box = Outbox.disabled()
     ids = fill(box, 2)
-    delivery = Delivery(box, drain_rate_per_s=0)
-    gen = delivery.open()
-    delivery.acked(gen, 7)  # the PUBACK beat ``sent``
-    delivery.sent(gen, ids[0], 7)
-    delivery.acked(gen, 8)  # a direct publish, acked early
-    delivery.direct(gen, 8)
-    delivery.direct(gen, 9)
-    delivery.acked(gen, 9)
-    delivery.settle()
-    assert [i.id for i in box.peek(10)] == [ids[1]] and delivery.inflight == 0
+    window = InflightWindow(box, max_inflight=100, drain_rate_per_s=0)
+    gen = window.open()
+    window.acked(gen, 7)  # the PUBACK beat ``sent``
+    window.sent(gen, ids[0], 7)
+    window.acked(gen, 8)  # a direct publish, acked early
+    window.direct(gen, 8)
+    window.direct(gen, 9)
+    window.acked(gen, 9)
+    window.settle()
+    assert [i.id for i in box.peek(10)] == [ids[1]] and window.inflight == 0
 
 
-def test_delivery_refusal_sets_aside_and_resend_after_reconnect() -> None:
+def test_window_refusal_sets_aside_and_resend_after_reconnect() -> None:
     box = Outbox.disabled()
     ids = fill(box, 3)
-    delivery = Delivery(box, drain_rate_per_s=0)
-    gen = delivery.open()
-    for mid, item in enumerate(delivery.next_batch(gen), start=1):
-        delivery.sent(gen, item.id, mid)
-    delivery.acked(gen, 1, "broker refused: Not authorized (135)")
-    delivery.close()
-    delivery.settle()
+    window = InflightWindow(box, max_inflight=100, drain_rate_per_s=0)
+    gen = window.open()
+    for mid, item in enumerate(window.next_batch(gen), start=1):
+        window.sent(gen, item.id, mid)
+    window.acked(gen, 1, "broker refused: Not authorized (135)")
+    window.close()
+    window.settle()
     assert box.set_aside_count == 1 and box.depth == 2
-    gen2 = delivery.open()
-    delivery.acked(gen, 2)  # an ack for the old connection is ignored after a new open
-    assert [i.id for i in delivery.next_batch(gen2)] == [ids[1]]  # slow start: window 1
-    delivery.sent(gen2, ids[1], 1)
-    delivery.acked(gen2, 1)
-    assert [i.id for i in delivery.next_batch(gen2)] == [ids[2]]
+    gen2 = window.open()
+    window.acked(gen, 2)  # an ack for the old connection is ignored after a new open
+    assert [i.id for i in window.next_batch(gen2)] == [ids[1]]  # slow start: window 1
+    window.sent(gen2, ids[1], 1)
+    window.acked(gen2, 1)
+    assert [i.id for i in window.next_batch(gen2)] == [ids[2]]
 
 
-def test_delivery_sets_aside_a_message_that_kills_every_connection() -> None:
+def test_window_sets_aside_a_message_that_kills_every_connection() -> None:
     box = Outbox.disabled()
     ids = fill(box, 2)
-    delivery = Delivery(box, drain_rate_per_s=0, max_strikes=3)
+    window = InflightWindow(box, max_inflight=100, drain_rate_per_s=0, max_strikes=3)
     for _ in range(3):
-        gen = delivery.open()
-        item = delivery.next_batch(gen)[0]
+        gen = window.open()
+        item = window.next_batch(gen)[0]
         assert item.id == ids[0]
-        delivery.sent(gen, item.id, 1)
-        delivery.close()
-        delivery.settle()
+        window.sent(gen, item.id, 1)
+        window.close()
+        window.settle()
     assert [d.item.id for d in box.dead_letters()] == [ids[0]]
-    gen = delivery.open()
-    assert [i.id for i in delivery.next_batch(gen)] == [ids[1]]
+    gen = window.open()
+    assert [i.id for i in window.next_batch(gen)] == [ids[1]]
 
 
-def test_delivery_paces_only_the_backlog() -> None:
+def test_window_paces_only_the_backlog() -> None:
     box = Outbox.disabled()
     fill(box, 50)
-    delivery = Delivery(box, max_inflight=100, drain_rate_per_s=10)
-    gen = delivery.open()
-    assert len(delivery.next_batch(gen)) <= 2  # burst of 0.2 s at 10/s
-    paced = Delivery(box, max_inflight=100, drain_rate_per_s=0)
+    window = InflightWindow(box, max_inflight=100, drain_rate_per_s=10)
+    gen = window.open()
+    assert len(window.next_batch(gen)) <= 2  # burst of 0.2 s at 10/s
+    paced = InflightWindow(box, max_inflight=100, drain_rate_per_s=0)
     assert len(paced.next_batch(paced.open())) == 50
     box.ack_many(i.id for i in box.peek(100))
-    gen = delivery.open()
+    gen = window.open()
     fill(box, 20)  # put after the connection came up: not paced
-    assert len(delivery.next_batch(gen)) == 20
+    assert len(window.next_batch(gen)) == 20

@@ -11,7 +11,7 @@ from agent.mqtt.outbox import Outbox, OutboxItem
 log = logging.getLogger(__name__)
 
 
-class Delivery:
+class InflightWindow:
     """Bookkeeping of what is in flight from an ``Outbox`` over one connection at a time.
 
     The transport (``agent/mqtt/port.py``) calls ``open`` when a connection is up, publishes what
@@ -28,10 +28,13 @@ class Delivery:
       message the oldest in flight, it is set aside instead of being resent forever.
     * Pacing: the backlog that was queued when the connection came up is sent at
       ``drain_rate_per_s`` (0: unpaced); what is put after that is not paced.
+
+    ``max_inflight`` and ``drain_rate_per_s`` have no defaults here: they come from the
+    validated config (``mqtt.max_inflight``, ``outbox.drain_rate_per_s``).
     """
 
-    def __init__(self, outbox: Outbox, *, max_inflight: int = 100,
-                 drain_rate_per_s: float = 500.0, max_strikes: int = 3) -> None:
+    def __init__(self, outbox: Outbox, *, max_inflight: int, drain_rate_per_s: float,
+                 max_strikes: int = 3) -> None:
         self.outbox = outbox
         self.max_inflight = max(1, max_inflight)
         self.drain_rate_per_s = drain_rate_per_s

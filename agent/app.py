@@ -113,6 +113,8 @@ class AgentApp:
         inference, sources, health. ``stop`` ends them in reverse."""
         self._build()
         self._subscribe()
+        self.outbox.on_health(lambda _problem: self.refresh_status())
+        self.refresh_status()  # degraded from the start when the disk refuses the outbox
         if self.metrics is not None:
             self.metrics.start()
         self.port.start()
@@ -133,9 +135,8 @@ class AgentApp:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
         self.model = self._load_first_model()
-        self.outbox = Outbox(cfg.outbox_path(), max_messages=cfg.outbox.max_messages,
-                             max_age_s=cfg.outbox.max_age_s) if cfg.outbox.enabled \
-            else Outbox.disabled(max_messages=cfg.outbox.max_messages)
+        self.outbox = Outbox(cfg.outbox_path(), cfg.outbox) if cfg.outbox.enabled \
+            else Outbox.disabled(cfg.outbox)
         self.port = MqttPort(cfg.mqtt, self.topics, outbox=self.outbox, outbox_cfg=cfg.outbox,
                              status_payload=self._status_payload,
                              on_connection=self._on_connection)
@@ -315,10 +316,13 @@ class AgentApp:
 
     def refresh_status(self) -> None:
         lost = [n for n, s in self._source_states.items() if s == "lost"]
-        state = STATE_DEGRADED if lost else STATE_PAUSED if self.pipeline.paused \
+        problems = [f"source lost: {', '.join(lost)}"] if lost else []
+        if self.outbox.health is not None:
+            problems.append(self.outbox.health)
+        state = STATE_DEGRADED if problems else STATE_PAUSED if self.pipeline.paused \
             else STATE_ONLINE
-        reason = f"source lost: {', '.join(lost)}" if lost else \
-            "paused by command" if state == STATE_PAUSED else None
+        reason = "; ".join(problems) or ("paused by command" if state == STATE_PAUSED
+                                         else None)
         if self._stopped.is_set():
             return
         self._state, self._reason = state, reason

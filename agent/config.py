@@ -103,13 +103,13 @@ class MqttConfig(Section):
 class OutboxConfig(Section):
     enabled: bool = True
     path: Path | None = Field(default=None, description="default: <state_dir>/outbox.sqlite")
-    max_messages: int = Field(default=100_000, ge=10)
+    max_messages: int = Field(default=100_000, ge=1)
     max_age_s: PositiveFloat = 7 * 86400
     drain_rate_per_s: float = Field(
         default=1000.0, ge=0, allow_inf_nan=False,
         description="messages/s for the backlog queued during an outage (0: unpaced)")
     memory_max_messages: int = Field(
-        default=10_000, ge=10, description="bound of the memory queue used while the disk "
+        default=10_000, ge=1, description="bound of the memory queue used while the disk "
         "refuses writes (full, read-only, corrupt)")
     memory_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     retry_disk_s: PositiveFloat = Field(

@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.config import OutboxConfig
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import MqttPort
 from tests.support.broker import Mosquitto
@@ -183,8 +184,8 @@ def test_full_outbox_drops_oldest_and_keeps_running(mosquitto: Mosquitto,
                                                     make_port: PortFactory,
                                                     tmp_path: Path) -> None:
     mosquitto.stop()
-    port = make_port(mosquitto.port, outbox=Outbox(tmp_path / "small.db", max_messages=50),
-                     start=False)
+    small = Outbox(tmp_path / "small.db", OutboxConfig(max_messages=50))
+    port = make_port(mosquitto.port, outbox=small, start=False)
     port.start()
     for seq in range(80):
         port.publish_durable(TOPICS.labels, json.dumps({"seq": seq}).encode())

@@ -11,8 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import OutboxConfig
 from agent.mqtt.inflight import InflightWindow
 from agent.mqtt.outbox import Outbox
+from tests.support.disk import SmallFilesystem, disk_faults_available, set_immutable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +54,7 @@ def test_ids_keep_growing_after_the_queue_empties(outbox: Outbox) -> None:
 
 
 def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_messages=3) as box:
+    with Outbox(tmp_path / "o.db", OutboxConfig(max_messages=3)) as box:
         for i in range(5):
             box.put("t", str(i).encode())
         assert [i.payload for i in box.peek(10)] == [b"2", b"3", b"4"]
@@ -68,7 +70,7 @@ def test_byte_cap_drops_oldest(tmp_path: Path) -> None:
 
 
 def test_expire_drops_old_messages(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_age_s=60) as box:
+    with Outbox(tmp_path / "o.db", OutboxConfig(max_age_s=60)) as box:
         box.put("t", b"old")
         assert box.expire(now=time.time() + 30) == 0
         assert box.expire(now=time.time() + 61) == 1
@@ -89,10 +91,10 @@ def test_set_aside_moves_to_bounded_dead_letters(tmp_path: Path) -> None:
 
 def test_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    with Outbox(path, max_messages=10) as box:
+    with Outbox(path, OutboxConfig(max_messages=10)) as box:
         ids = [box.put("t", bytes([i])) for i in range(3)]
         box.ack(ids[0])
-    with Outbox(path, max_messages=10) as box:
+    with Outbox(path, OutboxConfig(max_messages=10)) as box:
         assert [i.id for i in box.peek(10)] == ids[1:]
         assert box.depth == 2 and box.put("t", b"x") > ids[-1]
 
@@ -100,6 +102,7 @@ def test_survives_reopen(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from agent.mqtt.outbox import Outbox
+from tests.support.disk import SmallFilesystem, disk_faults_available, set_immutable
 box = Outbox(sys.argv[1])
 i = 0
 while True:
@@ -127,7 +130,7 @@ def test_put_survives_sigkill_of_writer(tmp_path: Path) -> None:
 
 
 def test_memory_mode_has_the_same_api() -> None:
-    box = Outbox.disabled(max_messages=2)
+    box = Outbox.disabled(OutboxConfig(max_messages=2))
     assert not box.durable
     for i in range(3):
         box.put("t", bytes([i]))
@@ -141,7 +144,7 @@ def test_memory_mode_has_the_same_api() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["put", "ack", "aside"]), st.integers(0, 20)),
                 max_size=60))
 def test_behaves_like_a_bounded_ordered_list(ops: list[tuple[str, int]]) -> None:
-    box = Outbox.disabled(max_messages=8)
+    box = Outbox.disabled(OutboxConfig(max_messages=8))
     model: list[int] = []
     dropped = 0
     for op, n in ops:
@@ -244,3 +247,105 @@ def test_window_paces_only_the_backlog() -> None:
     gen = window.open()
     fill(box, 20)  # put after the connection came up: not paced
     assert len(window.next_batch(gen)) == 20
+
+
+# --------------------------------------------------------------------------- disk faults
+
+needs_root = pytest.mark.skipif(not disk_faults_available(),
+                                reason="disk faults need root, mount and chattr")
+FAST_RETRY = OutboxConfig(retry_disk_s=0.01, memory_max_messages=1000)
+
+
+def wait_durable(box: Outbox, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not box.retry() and not box.durable:
+        assert time.monotonic() < deadline, box.health
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    fs = SmallFilesystem(tmp_path / "small", 1024)
+    yield fs
+    fs.close()
+
+
+@needs_root
+def test_a_full_disk_keeps_results_in_memory_and_recovers(small_fs: SmallFilesystem) -> None:
+    path = small_fs.path / "outbox.sqlite"
+    changes: list[str | None] = []
+    with Outbox(path, FAST_RETRY) as box:
+        box.on_health(changes.append)
+        ids = [box.put("t", b"%d" % i + b"x" * 200) for i in range(20)]
+        small_fs.fill()
+        i = 20
+        while box.durable:  # the WAL has some room left; it runs out
+            ids.append(box.put("t", b"%d" % i + b"x" * 200))
+            i += 1
+            assert i < 5000, "the full disk was never noticed"
+        ids += [box.put("t", b"%d" % n + b"x" * 200) for n in range(i, i + 50)]
+        assert str(path) in (box.health or "") and changes == [box.health]
+        assert [it.id for it in box.peek(10_000)] == ids and box.dropped == 0
+        box.ack_many(ids[:10])
+        small_fs.free()
+        wait_durable(box)
+        assert changes[-1] is None and len(changes) == 2 and box.health is None
+    with Outbox(path) as reopened:  # what memory held is on disk now
+        assert [it.id for it in reopened.peek(10_000)] == ids[10:]
+
+
+@needs_root
+def test_read_only_files_while_running_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path, FAST_RETRY) as box:
+        ids = [box.put("t", bytes([i])) for i in range(5)]
+        set_immutable([path, Path(f"{path}-wal")], True)
+        try:
+            ids += [box.put("t", bytes([i])) for i in range(5, 10)]
+            assert not box.durable and "refuses writes" in (box.health or "")
+            box.ack(ids[0])
+            assert box.set_aside(ids[1], "refused by the broker")
+            assert not box.retry()  # still read-only
+        finally:
+            set_immutable([path, Path(f"{path}-wal")], False)
+        wait_durable(box)
+        assert [it.id for it in box.peek(100)] == ids[2:] and box.set_aside_count == 1
+        assert box.put("t", b"after") > ids[-1]
+
+
+def test_a_corrupt_file_is_moved_aside_and_a_fresh_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with Outbox(path) as box:
+        assert box.durable and box.health is None and box.depth == 0
+        box.put("t", b"fresh")
+    kept = list(tmp_path.glob("outbox.sqlite.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"this is not a database")
+
+
+@needs_root
+def test_an_unwritable_outbox_at_start_runs_in_memory_until_the_disk_allows(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    set_immutable([folder], True)
+    try:
+        box = Outbox(folder / "outbox.sqlite", FAST_RETRY)
+        assert not box.durable and "outbox.sqlite" in (box.health or "")
+        ids = [box.put("t", bytes([i])) for i in range(3)]
+        assert not box.retry()
+    finally:
+        set_immutable([folder], False)
+    wait_durable(box)
+    assert [it.id for it in box.peek(10)] == ids
+    box.close()
+
+
+def test_the_memory_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-folder"
+    folder.write_text("a file where the outbox folder should be")
+    box = Outbox(folder / "outbox.sqlite", OutboxConfig(memory_max_messages=5))
+    ids = [box.put("t", bytes([i])) for i in range(8)]
+    assert [it.id for it in box.peek(10)] == ids[3:]
+    assert box.memory_dropped == 3 and box.dropped == 3 and not box.durable
+    box.close()

@@ -41,6 +41,7 @@ class OutboxSender:
             self.wake.wait(_TICK_S)
             self.wake.clear()
             try:
+                self.outbox.retry()
                 self.window.settle()
                 self._watch_link()
                 self._fill_window()

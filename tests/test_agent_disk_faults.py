@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract import PortStats
 from tests.support.agent_proc import DATA
 from tests.support.broker import Mosquitto
 from tests.support.disk import SmallFilesystem, disk_faults_available, set_immutable
@@ -57,7 +56,7 @@ def run_fault(tmp_path: Path, outbox: Path, fault: Callable[[bool], None]) -> No
         assert reason is not None and str(outbox) in reason
         produced = len(sub.on_topic(LABELS))
         sub.wait_topic(LABELS, count=produced + 30, timeout=20)  # labels keep flowing
-        sub.wait_for(lambda ms: any(m.topic == STATS and m.json()[PortStats.OUTBOX_DURABLE]
+        sub.wait_for(lambda ms: any(m.topic == STATS and m.json()["outbox_durable"]
                                     is False for m in ms), timeout=10, what="stats")
         seen = len(states(sub))
         fault(False)

@@ -22,7 +22,12 @@ class CameraState:
 
     def __init__(self, waiting: bool, idle_s: float) -> None:
         self.waiting_legitimately = waiting
-        self.last_progress_mono = time.monotonic() - idle_s
+        self.idle_s = idle_s
+
+    @property
+    def last_progress_mono(self) -> float:
+        """Idle for ``idle_s`` when the policy looks (parametrize builds these at collection)."""
+        return time.monotonic() - self.idle_s
 
 
 def pipeline(backend: ScriptedBackend | None = None) -> Pipeline:

@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config_errors import check_expanded_size, format_errors, shown_text
 from agent.contract import DEFAULT_PREFIX
 from agent.errors import ConfigError
+from agent.payloads import check_expanded_size, shown_text, shown_value
 
 TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]{1,64}$"
 TOPIC_PATH = r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$"
@@ -263,6 +263,53 @@ class AgentConfig(Section):
         return self.outbox.path or self.state_dir / "outbox.sqlite"
 
 
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the discriminator tag pydantic puts after a list index (``sources.0.camera``)."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if i > 0 and isinstance(loc[i - 1], int) and part in ("camera", "mqtt"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _format_errors(exc: ValidationError, raw: Any) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = _strip_union_tags(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(root)"
+        value = _lookup(raw, loc)
+        shown = "(missing)" if err["type"] == "missing" else \
+            "(hidden)" if _secret_key(loc) else shown_value(value)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error" and isinstance(value, int | float) \
+                and f"'{value}'" in msg:
+            msg = f"a number here; write it as a string: {loc[-1]}: \"{value}\""
+        lines.append(f"{key}: {shown}: {msg}")
+    return lines
+
+
+def _secret_key(loc: tuple[Any, ...]) -> bool:
+    """A key whose value must never be printed (a password typed into the YAML)."""
+    last = str(loc[-1]).lower() if loc else ""
+    return any(w in last for w in ("password", "secret", "token")) and \
+        not last.endswith(("_env", "_file"))
+
+
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    node = raw
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
 def parse_config(raw: Any, base_dir: Path | None = None) -> AgentConfig:
     """Validate a parsed YAML document. Relative paths resolve against ``base_dir``."""
     if not isinstance(raw, dict):
@@ -270,7 +317,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> AgentConfig:
     try:
         cfg = AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, raw)) from exc
+        raise ConfigError(_format_errors(exc, raw)) from exc
     return _resolve_paths(cfg, base_dir) if base_dir else cfg
 
 

@@ -1,5 +1,7 @@
-"""Builders of the published payloads (field names from agent/contract.py), and the one
-decoder of inbound JSON (``decode_json``) that every parser of untrusted bytes uses."""
+"""Builders of the published payloads (field names from agent/contract.py), the one
+decoder of inbound JSON (``decode_json``) that every parser of untrusted bytes uses, and the
+guards for untrusted documents: a bounded ``shown_value`` for error lines and
+``check_expanded_size`` against YAML alias bombs."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from agent import __version__
-from agent.errors import PayloadError
+from agent.errors import ConfigError, PayloadError
 from agent.records import Result
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -30,6 +32,69 @@ def decode_json(payload: bytes, what: str, max_bytes: int | None = None) -> Any:
         raise PayloadError(f"{what}: JSON nested too deeply") from exc
     except ValueError as exc:
         raise PayloadError(f"{what}: not JSON ({exc})") from exc
+
+
+def shown_value(value: Any, limit: int = 80) -> str:
+    """An untrusted value for an error line: bounded in depth and width, so that a huge or
+    self-referencing value costs no more to print than a small one."""
+    text = _bounded_repr(value, depth=3)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bounded_repr(value: Any, depth: int, width: int = 4) -> str:
+    if isinstance(value, dict):
+        if depth <= 0:
+            return "{...}"
+        items = [f"{_bounded_repr(k, depth - 1)}: {_bounded_repr(v, depth - 1)}"
+                 for k, v in list(value.items())[:width]]
+        return "{" + ", ".join(items + ["..."] * (len(value) > width)) + "}"
+    if isinstance(value, list):
+        if depth <= 0:
+            return "[...]"
+        items = [_bounded_repr(v, depth - 1) for v in value[:width]]
+        return "[" + ", ".join(items + ["..."] * (len(value) > width)) + "]"
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:60]) + "..."
+    if isinstance(value, bytes) and len(value) > 60:
+        return repr(value[:60]) + "..."
+    return repr(value)
+
+
+def shown_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_expanded_size(raw: Any, where: str, limit: int) -> None:
+    """Refuse a document whose aliases expand past ``limit`` values (a "billion
+    laughs" bomb: PyYAML shares aliased nodes, but validating walks every expanded copy) or
+    refer to themselves. Linear in the distinct nodes: each one's expanded size is memoized."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError([f"{where}: an alias refers to itself"])
+        open_nodes.add(key)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise ConfigError([f"{where}: expands to more than {limit} values "
+                                   f"through aliases"])
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(raw)
+    except RecursionError as exc:
+        raise ConfigError([f"{where}: nested too deeply"]) from exc
 
 
 @lru_cache(maxsize=4096)

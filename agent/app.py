@@ -14,6 +14,7 @@ import numpy as np
 
 from agent import __version__
 from agent.capture.camera import CameraOptions, CameraSource
+from agent.capture.inbox import FrameInbox
 from agent.capture.samples import SampleSource
 from agent.commands.control import RunningAgentControl
 from agent.commands.handlers import build_command_handlers
@@ -24,7 +25,6 @@ from agent.errors import DeployError, EdgeError
 from agent.health import HealthMonitor, ProgressPolicy, StatsRecorder, SystemdNotifier
 from agent.inference.engine import DelegateSpec, Engine
 from agent.inference.pipeline import (
-    FrameInbox,
     InferenceBackend,
     LoadedModel,
     Pipeline,

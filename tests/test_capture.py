@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from agent.capture.camera import CameraSource
+from agent.capture.inbox import FrameInbox
 from agent.capture.sources import CameraOptions, redact_uri, source_kind
 from agent.errors import SourceError
-from agent.inference.pipeline import FrameInbox
 from agent.records import Frame
 from tests.support.mjpeg_server import MjpegServer
 from tests.support.videos import frame_number, numbered_frame, numbered_frames, write_numbered_video

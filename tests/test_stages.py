@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.capture.inbox import FrameInbox
 from agent.commands.router import CommandRouter
 from agent.contract import Topics
 from agent.errors import FrameError, SampleError
 from agent.health import HealthMonitor, SystemdNotifier
-from agent.inference.pipeline import FrameInbox, Pipeline, build_loaded_model
+from agent.inference.pipeline import Pipeline, build_loaded_model
 from agent.inference.postprocess import ChangeFilter, Postprocessor
 from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
 from agent.manifest import (

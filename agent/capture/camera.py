@@ -47,7 +47,7 @@ SHAPE_ADOPT_AFTER = 3
 
 
 class FrameSink(Protocol):
-    """Where a source puts frames: the agent's ``FrameInbox`` (agent/inference/pipeline.py) or
+    """Where a source puts frames: the agent's ``FrameInbox`` (agent/capture/inbox.py) or
     anything with a non-blocking ``put``. A sink with ``wait_taken(source, timeout)`` lets a
     file read at full speed wait until its last frame was taken."""
 

@@ -140,7 +140,8 @@ class AgentApp:
         self.port = MqttPort(cfg.mqtt, self.topics, outbox=self.outbox, outbox_cfg=cfg.outbox,
                              status_payload=self._status_payload,
                              on_connection=self._on_connection)
-        self.inbox = FrameInbox(default_depth=cfg.pipeline.queue_depth)
+        self.inbox = FrameInbox(default_depth=cfg.pipeline.queue_depth, max_streams=max(
+            1, sum(s.max_streams for s in cfg.sources if isinstance(s, MqttSourceConfig))))
         self.pipeline = Pipeline(
             self.model, self.inbox, self._publish_result,
             max_frame_age_ms=cfg.pipeline.max_frame_age_ms,

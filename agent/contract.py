@@ -20,7 +20,6 @@ STATE_DEGRADED = "degraded"
 STATE_PAUSED = "paused"
 LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED, STATE_PAUSED)
 
-
 def default_device_id() -> str:
     return socket.gethostname().split(".")[0] or "device"
 
@@ -174,6 +173,19 @@ class FleetTopics:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceStatsRecord:
+    """One camera source in ``StatsRecord.sources``: its rate of published labels over the
+    interval, counts since start (frames put, labels published, frames overwritten or
+    evicted before inference) and the p99 of capture to publish over its last 512 labels."""
+
+    fps: float
+    frames: int
+    inferences: int
+    dropped: int
+    capture_to_publish_ms_p99: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class StatsRecord:
     """The retained ``<base>/stats`` message. Rates (``fps_*``) are over the interval since the
     previous record; counts are since the agent started; ``None`` where nothing was measured.
@@ -227,6 +239,8 @@ class StatsRecord:
     mean_top1: float | None
     paused: bool
     ts: float
+    sources: dict[str, SourceStatsRecord] = dataclasses.field(default_factory=dict)
+    """Per camera source, so one starved source shows."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

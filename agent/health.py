@@ -212,7 +212,7 @@ class StatsRecorder:
             rollbacks=n.rollbacks, source_reconnects=sum(c.reconnects for c in cams),
             file_loops=sum(c.loops for c in cams), samples_in=sum(s.accepted for s in samples),
             sample_errors=sum(s.rejected for s in samples),
-            streams_evicted=sum(s.evicted for s in samples),
+            streams_evicted=inbox.evictions.total + sum(s.evicted for s in samples),
             suppressed=self._change_filter.suppressed if self._change_filter else 0,
             published=port.get("published"), dropped_inbound=sum(inbound.values()),
             commands_handled=self._commands.handled, commands_rejected=self._commands.rejected,

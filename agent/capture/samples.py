@@ -33,6 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.capture.inbox import EvictionLog, StreamIndex
 from agent.config import MqttSourceConfig
 from agent.contract import Topics
 from agent.errors import SampleError
@@ -94,6 +95,7 @@ class SequenceWindower:
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
+        self._evictions = EvictionLog("samples")
 
     @property
     def streams(self) -> list[str]:
@@ -126,8 +128,7 @@ class SequenceWindower:
         if len(self._rings) >= self.max_streams:
             old, _ = self._rings.popitem(last=False)
             self.evicted += 1
-            log.warning("samples: more than %d streams; evicted idle stream %r for %r",
-                        self.max_streams, old, stream)
+            self._evictions.evicted(old, self.max_streams)  # logged once per interval
         ring = _Ring(self.window.length, self.window.features)
         self._rings[stream] = ring
         return ring
@@ -233,7 +234,7 @@ class SampleSource:
         self._current_window = current_window
         self._windower: SequenceWindower | None = None
         self._lock = threading.Lock()
-        self._window_counts: dict[str, int] = {}
+        self._window_counts = StreamIndex(config.max_streams)  # bounded like the windower
         self.accepted = 0
         self.rejected = 0
         self._evicted_before = 0
@@ -262,9 +263,7 @@ class SampleSource:
         self.accepted += 1
         now, mono = time.time(), time.monotonic()
         for w in windows:
-            index = self._window_counts.get(stream, 0)
-            self._window_counts[stream] = index + 1
-            self._sink.put(Frame(stream, index, now, mono, w))
+            self._sink.put(Frame(stream, self._window_counts.next(stream), now, mono, w))
 
     def _windower_now(self) -> SequenceWindower:
         window = self._current_window()

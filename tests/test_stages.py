@@ -350,3 +350,60 @@ def test_hold_queues_frames_and_ends_by_itself() -> None:
     for i in range(4, 7):
         inbox.put(frame("cam", i))
     assert inbox.take(0.01).index == 6 and inbox.overwritten == 2  # type: ignore[union-attr]
+
+
+def test_no_frame_is_lost_or_reordered_across_a_model_swap() -> None:
+    inbox = FrameInbox()
+    inbox.register("cam", depth=64)
+    results: list[Result] = []
+    done = threading.Event()
+
+    def publish(r: Result) -> None:
+        results.append(r)
+        if len(results) == 60:
+            done.set()
+
+    old = build_loaded_model(manifest("1"), Path("."), ScriptedBackend(3), 1, 0.0)
+    pipeline = Pipeline(old, inbox, publish)
+    pipeline.start()
+    try:
+        for i in range(30):
+            inbox.put(frame("cam", i))
+        assert pipeline.swap(build_loaded_model(manifest("2"), Path("."), ScriptedBackend(7),
+                                                1, 0.0))
+        for i in range(30, 60):
+            inbox.put(frame("cam", i))
+        assert done.wait(10), f"{len(results)} of 60 frames published"
+    finally:
+        pipeline.stop()
+    assert [r.frame_index for r in results] == list(range(60))
+    versions = [r.model_version for r in results]
+    assert versions[-1] == "2" and versions == sorted(versions)  # old ones, then new ones
+    assert all(r.labels[0].label == {"1": "3", "2": "7"}[r.model_version] for r in results)
+
+
+def test_preprocess_of_the_next_frame_overlaps_the_invoke() -> None:
+    inbox = FrameInbox()
+    inbox.register("cam", depth=8)
+    gate = threading.Event()
+    backend = ScriptedBackend(1, block=gate)
+    results: list[Result] = []
+    pipeline = Pipeline(build_loaded_model(manifest(), Path("."), backend, 1, 0.0), inbox,
+                        results.append)
+    pipeline.start()
+    try:
+        for i in range(3):
+            inbox.put(frame("cam", i))
+        deadline = time.monotonic() + 5
+        while not (backend.calls == 1 and pipeline._handoff.full):
+            assert time.monotonic() < deadline, "frame 1 was not prepared during invoke 0"
+            time.sleep(0.001)
+        assert inbox.pending() == 1  # frame 2 waits in the inbox, nothing dropped
+        gate.set()
+        while len(results) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    finally:
+        gate.set()
+        pipeline.stop()
+    assert [r.frame_index for r in results] == [0, 1, 2]

@@ -26,6 +26,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from agent.capture.jpeg import JpegPackets
 from agent.capture.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
 from agent.errors import SourceError
 from agent.records import Frame
@@ -111,6 +112,7 @@ class CameraSource:
         self.last_progress_mono = time.monotonic()
         self.waiting_legitimately = False
         self._live_index = 0
+        self._jpeg_refused = False
         self._period = 1.0 / opts.target_fps if opts.target_fps else None
         self._next_emit = 0.0
 
@@ -211,6 +213,8 @@ class CameraSource:
         p = _Pass()
         backpressure = is_file and not self.options.realtime and \
             getattr(self._slot, "wait_taken", None)
+        packets = None if self.options.kind == "device" or self._jpeg_refused else \
+            JpegPackets.open(cap, getattr(self._slot, "decode_plan", None))
         while not self._stop.is_set():
             if fps and p.failed_in_row == 0 and not self._pace(p, fps):
                 break
@@ -219,6 +223,10 @@ class CameraSource:
             emit = self._due()
             t0 = time.monotonic()
             ok, img = cap.read() if emit else (cap.grab(), None)
+            if ok and emit and packets is not None:
+                img = packets.decode(img)
+                if img is None and p.good == 0:
+                    return self._refuse_jpeg()
             self.last_progress_mono = time.monotonic()
             elapsed = self.last_progress_mono - t0
             index = p.position
@@ -244,6 +252,13 @@ class CameraSource:
             if problem:
                 return LOST, problem
         return "stop", None
+
+    def _refuse_jpeg(self) -> tuple[str, str | None]:
+        """The first packet did not decode as JPEG: reopen, and let FFmpeg decode from now on."""
+        log.warning("camera %s: packets are not plain JPEG; decoding through FFmpeg",
+                    self.name)
+        self._jpeg_refused = True
+        return "reopen", None
 
     def _wait_taken(self, wait_taken: Callable[[str, float], bool]) -> bool:
         """A file at full speed reads the next frame once the last one was taken; False if
@@ -352,8 +367,8 @@ class CameraSource:
 def _frame_problem(img: np.ndarray | None, p: _Pass) -> str | None:
     if img is None or img.size == 0:
         return "empty frame"
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        return f"not a BGR uint8 image (shape {img.shape}, dtype {img.dtype})"
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        return f"not a BGR or gray uint8 image (shape {img.shape}, dtype {img.dtype})"
     if p.shape is None or img.shape == p.shape:
         p.shape = img.shape
         p.odd_shape_run = 0

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from agent.capture.jpeg import DecodePlan
 from agent.records import Frame
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ class FrameInbox:
         self.overwritten = 0
         self.evicted_frames = 0
         self.evictions = EvictionLog("inbox", log_interval_s)
+        self.decode_plan: DecodePlan | None = None
+        """Set by the pipeline for its model: how a source may decode JPEG frames
+        (``agent/capture/jpeg.py``)."""
 
     def register(self, source: str, depth: int = 1) -> None:
         with self._cond:

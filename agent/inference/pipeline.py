@@ -1,9 +1,16 @@
 """The inference stage: take the newest frame per source, preprocess, invoke, postprocess, hand
-the result on. One thread per model; capture threads only ever ``put`` into the inbox.
+the result on. Capture threads only ever ``put`` into the inbox.
+
+Two threads, so the stages overlap: ``prepare`` takes a frame from the inbox and preprocesses
+it for the current model; ``inference`` invokes, postprocesses and publishes. Between them a
+one-place handoff (``agent/inference/handoff.py``) keeps the order and loses no frame.
 
 Hot swap is a small state machine: a new ``LoadedModel`` (built and warmed elsewhere) is
-handed to ``swap``; the thread takes it between two frames; during the probation frames that
-follow, repeated failures (an exception or non-finite output) swap the previous model back.
+handed to ``swap``; the prepare thread takes it between two frames, and every prepared frame
+carries the model it was prepared for, so the frame already prepared for the old model is
+still inferred with it. During the probation frames that follow, repeated failures (an
+exception or non-finite output) swap the previous model back; a frame prepared for the
+model just rolled back goes back to the inbox and is prepared again.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 
 from agent.capture.inbox import FrameInbox
 from agent.errors import EdgeError
+from agent.inference.handoff import Handoff, Prepared, SourceStats, TensorRing
 from agent.inference.postprocess import Postprocessor
 from agent.inference.preprocess import FramePreprocessor, WindowPreprocessor
 from agent.manifest import ModelManifest
@@ -84,6 +92,7 @@ class Pipeline:
         self._previous: LoadedModel | None = None
         self._pending_swap: LoadedModel | None = None
         self._swap_done = threading.Event()
+        self._model_lock = threading.Lock()
         self.inbox = inbox
         self._publish = publish
         self.max_frame_age_s = max_frame_age_ms / 1000.0
@@ -100,12 +109,16 @@ class Pipeline:
         self.inference_ms: deque[float] = deque(maxlen=512)
         self.frame_age_ms: deque[float] = deque(maxlen=512)
         self.top1: deque[float] = deque(maxlen=512)
+        self.sources = SourceStats()
         self.last_frame: Frame | None = None
         self.last_progress = time.monotonic()
         self.busy_since: float | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._handoff = Handoff()
+        self._tensors = TensorRing()
+        self._threads: list[threading.Thread] = []
+        self._plan_decode(model)
 
     # -- control ---------------------------------------------------------------
 
@@ -128,73 +141,126 @@ class Pipeline:
         self._paused.clear()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._prepare_loop, name="prepare",
+                                          daemon=True),
+                         threading.Thread(target=self._inference_loop, name="inference",
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
         self.inbox.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._handoff.close()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def _plan_decode(self, model: LoadedModel) -> None:
+        """Tell the sources how far this model lets them reduce JPEG decoding."""
+        pre = model.pre
+        self.inbox.decode_plan = pre.decode_plan if isinstance(pre, FramePreprocessor) else None
+
+    def _running(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def swap(self, model: LoadedModel, timeout: float = 5.0) -> bool:
-        """Hand a built, warmed model to the inference thread; True once it is in use."""
+        """Hand a built, warmed model over; True once frames are prepared for it."""
         self._swap_done.clear()
         self._pending_swap = model
         self.inbox.wake()
-        if self._thread is None or not self._thread.is_alive():
+        if not self._running():
             self._apply_swap()
             return True
         return self._swap_done.wait(timeout)
 
     def _apply_swap(self) -> None:
-        new, self._pending_swap = self._pending_swap, None
-        if new is None:
-            return
-        self._previous, self._model = self._model, new
-        self._probation_left = self.probation_frames
-        self._probation_failures = 0
+        with self._model_lock:
+            new, self._pending_swap = self._pending_swap, None
+            if new is None:
+                return
+            self._previous, self._model = self._model, new
+            self._probation_left = self.probation_frames
+            self._probation_failures = 0
+            self._tensors.keep_only([self._previous, new])
+            self._plan_decode(new)
         log.info("model %s %s is active", new.manifest.name, new.manifest.version)
         self._swap_done.set()
 
-    # -- the loop --------------------------------------------------------------
+    # -- the prepare thread ----------------------------------------------------
 
-    def _run(self) -> None:
+    def _prepare_loop(self) -> None:
         while not self._stop.is_set():
-            if self._pending_swap is not None:
-                self._apply_swap()
-            frame = self.inbox.take(self._idle_poll_s)
-            if frame is None:
-                continue
-            if self._paused.is_set():
-                self.counters.paused_skipped += 1
+            try:
+                item = self._next_prepared()
+                if item is not None and not self._handoff.put(item):
+                    return
+            except Exception:  # the loop must survive anything a frame or model does
+                log.exception("unexpected error in the prepare loop")
+                self.counters.inference_errors += 1
+
+    def _next_prepared(self) -> Prepared | None:
+        """The next frame from the inbox, preprocessed for the current model (None: nothing
+        to infer this time)."""
+        if self._pending_swap is not None:
+            self._apply_swap()
+        if not self._handoff.wait_free(self._idle_poll_s):
+            return None
+        frame = self.inbox.take(self._idle_poll_s)
+        if frame is None:
+            return None
+        if self._paused.is_set():
+            self.counters.paused_skipped += 1
+            return None
+        return self._prepare(frame)
+
+    def _prepare(self, frame: Frame) -> Prepared | None:
+        now = time.monotonic()
+        if now - frame.mono > self.max_frame_age_s:
+            self.counters.dropped_stale += 1
+            return None
+        self.last_frame = frame
+        with self._model_lock:
+            model = self._model
+            tensor = self._tensors.next(model)
+        try:
+            model.pre(frame.data, out=tensor)
+        except EdgeError as exc:
+            self.counters.frame_errors += 1
+            log.warning("frame %s#%d rejected: %s", frame.source, frame.index, exc)
+            return None
+        return Prepared(frame, model, tensor, now, time.monotonic())
+
+    # -- the inference thread --------------------------------------------------
+
+    def _inference_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._handoff.take(self._idle_poll_s)
+            if item is None:
                 continue
             try:
-                self._process(frame)
+                self._infer(item)
             except Exception:  # the loop must survive anything a frame or model does
                 log.exception("unexpected error in the inference loop")
                 self.counters.inference_errors += 1
 
     def _process(self, frame: Frame) -> None:
-        now = time.monotonic()
-        age = now - frame.mono
-        if age > self.max_frame_age_s:
-            self.counters.dropped_stale += 1
-            return
-        self.last_frame = frame
-        model = self._model
-        try:
-            x = model.pre(frame.data)
-        except EdgeError as exc:
-            self.counters.frame_errors += 1
-            log.warning("frame %s#%d rejected: %s", frame.source, frame.index, exc)
+        """Prepare and infer one frame on the calling thread (pipeline not started)."""
+        item = self._prepare(frame)
+        if item is not None:
+            self._infer(item)
+
+    def _infer(self, item: Prepared) -> None:
+        model, frame = item.model, item.frame
+        if model is not self._model and model is not self._previous:
+            self.inbox.put_back(frame)  # prepared for a model rolled back meanwhile
             return
         t1 = time.monotonic()
         self.busy_since = t1
         try:
             if model.manifest.runtime.reset_state_per_window:
                 model.engine.reset_state()
-            raw = model.engine.invoke(x)
+            raw = model.engine.invoke(item.tensor)
             if raw.dtype.kind == "f" and not np.isfinite(raw).all():
                 raise FloatingPointError("model output contains NaN or inf")
         except Exception as exc:
@@ -204,38 +270,47 @@ class Pipeline:
         t2 = time.monotonic()
         self.busy_since = None
         labels = model.post(raw)
-        self._passed_probation()
+        if model is self._model:
+            self._passed_probation()
         inference_ms = (t2 - t1) * 1000.0
         self.counters.inferences += 1
         self.inference_ms.append(inference_ms)
-        self.frame_age_ms.append(age * 1000.0)
+        self.frame_age_ms.append((item.taken_mono - frame.mono) * 1000.0)
         if labels:
             self.top1.append(labels[0].score)
         self.last_progress = t2
         if self.counters.inferences == 1 and self._on_first:
             self._on_first()
         self._publish(Result(next(self._seq), frame.source, frame.index, frame.ts, frame.mono,
-                             labels, inference_ms, (t1 - now) * 1000.0,
+                             labels, inference_ms,
+                             (item.prepared_mono - item.taken_mono) * 1000.0,
                              model.manifest.name, model.manifest.version))
+        self.sources.published(frame.source, frame.mono)
 
     def _passed_probation(self) -> None:
         if self._probation_left > 0:
             self._probation_left -= 1
 
     def _failed(self, model: LoadedModel, exc: Exception) -> None:
-        self.counters.inference_errors += 1
         log.error("inference failed with model %s %s: %s", model.manifest.name,
                   model.manifest.version, exc)
-        if self._probation_left <= 0 or self._previous is None:
-            return
-        self._probation_failures += 1
-        if self._probation_failures >= self.rollback_after_failures:
+        if model is self._model and self._probation_left > 0 and self._previous is not None:
+            self._probation_failures += 1
+            if self._probation_failures >= self.rollback_after_failures:
+                self._roll_back(exc)
+        self.counters.inference_errors += 1  # last: a rollback is done once this is counted
+
+    def _roll_back(self, exc: Exception) -> None:
+        with self._model_lock:
             bad, good = self._model, self._previous
+            assert good is not None
             self._model, self._previous = good, None
             self._probation_left = 0
-            self.counters.rollbacks += 1
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("rolled back from %s %s to %s %s: %s", bad.manifest.name,
-                      bad.manifest.version, good.manifest.name, good.manifest.version, reason)
-            if self._on_rollback:
-                self._on_rollback(bad, good, reason)
+            self._tensors.keep_only([good])
+            self._plan_decode(good)
+        self.counters.rollbacks += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("rolled back from %s %s to %s %s: %s", bad.manifest.name,
+                  bad.manifest.version, good.manifest.name, good.manifest.version, reason)
+        if self._on_rollback:
+            self._on_rollback(bad, good, reason)

@@ -137,8 +137,12 @@ class FramePreprocessor:
         self._target = self._out.reshape(self.height, self.width, self.channels) \
             if self.channels > 1 else self._out.reshape(self.height, self.width)
 
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        """Return the input tensor (a reused buffer: copy it if you keep it past the next call)."""
+    def __call__(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Write the input tensor into ``out`` (the last step writes straight into it) and
+        return it; without ``out``, into a reused buffer (copy it to keep it past the next
+        call). Not thread-safe: one thread preprocesses with one instance."""
+        out = self._out if out is None else out
+        target = out.reshape(self._target.shape)
         img = self._check(frame)
         if self.spec.resize == "center_crop":
             img = centre_crop(img, self.width / self.height)
@@ -149,10 +153,29 @@ class FramePreprocessor:
             self._resize(img, self._resized)
             pixels = self._colour()
         if self._lut_is_cv:
-            cv2.LUT(pixels, self._lut, dst=self._target)
+            cv2.LUT(pixels, self._lut, dst=target)
         else:
-            np.take(self._table[:, 0], pixels, out=self._target)
-        return self._out
+            np.take(self._table[:, 0], pixels, out=target)
+        return out
+
+    def decode_plan(self, width: int, height: int) -> tuple[int, bool]:
+        """How a JPEG frame of this size may be decoded for this model: the reduction (1, 2,
+        4 or 8) that still leaves the part of the frame the model sees at least as large as
+        its input (so preprocessing only ever shrinks), and whether luma alone will do."""
+        if width <= 0 or height <= 0:
+            return 1, False
+        seen_w, seen_h, need_w, need_h = float(width), float(height), self.width, self.height
+        if self.spec.resize == "center_crop":
+            aspect = self.width / self.height
+            seen_w, seen_h = min(seen_w, seen_h * aspect), min(seen_h, seen_w / aspect)
+        elif self.spec.resize == "letterbox":
+            scale = min(self.width / width, self.height / height)
+            need_w, need_h = max(1, round(width * scale)), max(1, round(height * scale))
+        factor = 1
+        for f in (2, 4, 8):
+            if seen_w // f >= need_w and seen_h // f >= need_h:
+                factor = f
+        return factor, self._gray_first
 
     def _check(self, frame: np.ndarray) -> np.ndarray:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.size == 0:
@@ -231,7 +254,7 @@ class WindowPreprocessor:
         self._work = np.zeros((window.length, window.features), np.float32)
         self._out = np.zeros(spec.shape, self._dtype)
 
-    def __call__(self, window: np.ndarray) -> np.ndarray:
+    def __call__(self, window: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if window.shape != (self.window.length, self.window.features):
             raise SampleError(f"window shape {window.shape} != "
                               f"({self.window.length}, {self.window.features})")
@@ -244,5 +267,6 @@ class WindowPreprocessor:
             np.add(self._work, q.zero_point, out=self._work)
             np.rint(self._work, out=self._work)
             np.clip(self._work, lo, hi, out=self._work)
-        self._out[0] = self._work
-        return self._out
+        out = self._out if out is None else out
+        out[0] = self._work
+        return out

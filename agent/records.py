@@ -22,6 +22,9 @@ class Frame:
     mono: float
     data: np.ndarray
     truth: str | None = None
+    encoded: np.ndarray | None = None
+    """The JPEG the frame was decoded from, when ``data`` was decoded reduced (see
+    agent/capture/jpeg.py): a snapshot decodes it in full."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,8 +223,9 @@ class CameraSource:
             emit = self._due()
             t0 = time.monotonic()
             ok, img = cap.read() if emit else (cap.grab(), None)
+            encoded = None
             if ok and emit and packets is not None:
-                img = packets.decode(img)
+                encoded, img = img, packets.decode(img)
                 if img is None and p.good == 0:
                     return self._refuse_jpeg()
             self.last_progress_mono = time.monotonic()
@@ -248,7 +249,7 @@ class CameraSource:
             if not emit:
                 self.frames_skipped += 1
                 continue
-            problem = self._accept(img, p, index)
+            problem = self._accept(img, p, index, encoded)
             if problem:
                 return LOST, problem
         return "stop", None
@@ -295,7 +296,8 @@ class CameraSource:
             return "rewind", None
         return "reopen", None
 
-    def _accept(self, img: np.ndarray | None, p: _Pass, index: int) -> str | None:
+    def _accept(self, img: np.ndarray | None, p: _Pass, index: int,
+                encoded: np.ndarray | None = None) -> str | None:
         """Publish a decoded frame, or count it as corrupt; a reason when the source is hopeless."""
         problem = _frame_problem(img, p)
         if problem is not None or img is None:
@@ -307,8 +309,10 @@ class CameraSource:
             return None
         p.corrupt_in_row = 0
         img.flags.writeable = False
+        if encoded is not None:
+            encoded.flags.writeable = False
         frame = Frame(source=self.name, index=index, ts=time.time(), mono=time.monotonic(),
-                      data=img)
+                      data=img, encoded=encoded)
         self.last_frame_mono = frame.mono
         self.frames_emitted += 1
         self._slot.put(frame)

@@ -15,6 +15,7 @@ model just rolled back goes back to the inbox and is prepared again.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from agent.capture.inbox import FrameInbox
@@ -110,7 +112,7 @@ class Pipeline:
         self.frame_age_ms: deque[float] = deque(maxlen=512)
         self.top1: deque[float] = deque(maxlen=512)
         self.sources = SourceStats()
-        self.last_frame: Frame | None = None
+        self._last_frame: Frame | None = None
         self.last_progress = time.monotonic()
         self.busy_since: float | None = None
         self._paused = threading.Event()
@@ -125,6 +127,16 @@ class Pipeline:
     @property
     def model(self) -> LoadedModel:
         return self._model
+
+    @property
+    def last_frame(self) -> Frame | None:
+        """The last frame taken for inference, as the camera saw it: a frame decoded reduced
+        is decoded again in full from its JPEG (only when asked, e.g. for a snapshot)."""
+        frame = self._last_frame
+        if frame is None or frame.encoded is None:
+            return frame
+        full = cv2.imdecode(frame.encoded.reshape(-1), cv2.IMREAD_COLOR)
+        return frame if full is None else dataclasses.replace(frame, data=full, encoded=None)
 
     @property
     def previous_model(self) -> LoadedModel | None:
@@ -219,7 +231,7 @@ class Pipeline:
         if now - frame.mono > self.max_frame_age_s:
             self.counters.dropped_stale += 1
             return None
-        self.last_frame = frame
+        self._last_frame = frame
         with self._model_lock:
             model = self._model
             tensor = self._tensors.next(model)

@@ -230,4 +230,4 @@ class StatsRecorder:
             inbound_dropped_samples=inbound.get("sample"),
             rss_mb=rss_mb(), open_fds=open_fds(), uptime_s=round(now - self._started_mono, 1),
             mean_top1=round(sum(top1) / len(top1), 4) if top1 else None,
-            paused=pl.paused, ts=round(time.time(), 3))
+            paused=pl.paused, ts=round(time.time(), 3), sources=pl.source_records())

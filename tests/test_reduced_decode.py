@@ -1,4 +1,5 @@
-"""Reduced JPEG decoding (agent/capture/jpeg.py): the model sees what it saw before.
+"""Reduced JPEG decoding (agent/capture/jpeg.py): the model sees what it saw before; several
+sources into one model: every frame of each served, in order.
 
 The capture thread decodes MJPEG packets at 1/2, 1/4 or 1/8 scale (luma only for gray
 models) when the model's input is much smaller than the frame. These tests run real files
@@ -94,3 +95,40 @@ def test_a_source_that_is_not_mjpeg_decodes_as_before(tmp_path: Path) -> None:
     spec = load_manifest(DATA / "digits_cnn.json").input
     frames = read_all(path, FramePreprocessor(spec).decode_plan)
     assert len(frames) == 5 and frames[0].shape == (120, 160, 3)
+
+
+def test_four_sources_into_one_model_every_frame_of_each_served_in_order(
+        tmp_path: Path) -> None:
+    from agent.inference.pipeline import Pipeline
+    from agent.records import Result
+    from tests.support.videos import write_numbered_video
+
+    manifest = load_manifest(DATA / "digits_cnn.json")
+    model = build_loaded_model(manifest, DATA, Engine(manifest.model_path(DATA)), 1, 0.0)
+    inbox = FrameInbox()
+    results: list[Result] = []
+    pipeline = Pipeline(model, inbox, results.append, max_frame_age_ms=60_000)
+    names = [f"cam{i}" for i in range(4)]
+    cams = []
+    for i, name in enumerate(names):
+        inbox.register(name, depth=1)
+        video = write_numbered_video(tmp_path / f"{name}.avi", 20 + 5 * i, fps=30)
+        cams.append(CameraSource(CameraOptions(name, str(video)), inbox))
+    pipeline.start()
+    for cam in cams:
+        cam.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(results) < sum(20 + 5 * i for i in range(4)):
+            assert time.monotonic() < deadline, f"{len(results)} labels"
+            time.sleep(0.01)
+    finally:
+        for cam in cams:
+            cam.stop()
+        pipeline.stop()
+    for i, name in enumerate(names):
+        assert [r.frame_index for r in results if r.source == name] == list(range(20 + 5 * i))
+    records = pipeline.source_records()
+    assert sorted(records) == names
+    assert [records[n].inferences for n in names] == [20, 25, 30, 35]
+    assert all(records[n].dropped == 0 and records[n].capture_to_publish_ms_p99 for n in names)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from agent.capture.inbox import FrameInbox
+from agent.contract import SourceStatsRecord
 from agent.errors import EdgeError
 from agent.inference.handoff import Handoff, Prepared, SourceStats, TensorRing
 from agent.inference.postprocess import Postprocessor
@@ -112,6 +113,8 @@ class Pipeline:
         self.frame_age_ms: deque[float] = deque(maxlen=512)
         self.top1: deque[float] = deque(maxlen=512)
         self.sources = SourceStats()
+        self._sources_prev: dict[str, int] = {}
+        self._sources_prev_mono = time.monotonic()
         self._last_frame: Frame | None = None
         self.last_progress = time.monotonic()
         self.busy_since: float | None = None
@@ -172,6 +175,26 @@ class Pipeline:
         """Tell the sources how far this model lets them reduce JPEG decoding."""
         pre = model.pre
         self.inbox.decode_plan = pre.decode_plan if isinstance(pre, FramePreprocessor) else None
+
+    def source_records(self, names: list[str] | None = None) -> dict[str, SourceStatsRecord]:
+        """Per registered source (or ``names``): labels/s since the previous call, counts
+        and the capture-to-publish p99 (for ``StatsRecord.sources``)."""
+        counts = self.inbox.source_counts()
+        now = time.monotonic()
+        dt = max(now - self._sources_prev_mono, 1e-6)
+        self._sources_prev_mono = now
+        out = {}
+        for name in names if names is not None else list(counts):
+            c = counts.get(name)
+            inferences, latencies = self.sources.snapshot(name)
+            before = self._sources_prev.get(name, 0)
+            self._sources_prev[name] = inferences
+            out[name] = SourceStatsRecord(
+                fps=round((inferences - before) / dt, 2), frames=c.put if c else 0,
+                inferences=inferences, dropped=c.overwritten if c else 0,
+                capture_to_publish_ms_p99=round(float(np.percentile(latencies, 99)), 3)
+                if latencies else None)
+        return out
 
     def _running(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)

@@ -239,8 +239,6 @@ class Pipeline:
         to infer this time)."""
         if self._pending_swap is not None:
             self._apply_swap()
-        if not self._handoff.wait_free(self._idle_poll_s):
-            return None
         frame = self.inbox.take(self._idle_poll_s)
         if frame is None:
             return None

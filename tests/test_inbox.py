@@ -11,7 +11,7 @@ import pytest
 
 from agent.capture.inbox import FrameInbox, StreamIndex
 from agent.capture.samples import SequenceWindower
-from agent.contract import WindowSpec
+from agent.manifest import WindowSpec
 from agent.records import Frame
 
 WINDOW = np.zeros((4, 3), np.float32)

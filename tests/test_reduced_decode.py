@@ -17,10 +17,10 @@ import pytest
 
 from agent.capture.camera import CameraOptions, CameraSource
 from agent.capture.inbox import FrameInbox
-from agent.contract import load_manifest
 from agent.inference.engine import Engine
 from agent.inference.pipeline import build_loaded_model
 from agent.inference.preprocess import FramePreprocessor
+from agent.manifest import load_manifest
 from agent.records import Frame
 from tests.support.agent_proc import DATA, digits_video
 

@@ -349,3 +349,30 @@ def test_the_memory_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) ->
     assert [it.id for it in box.peek(10)] == ids[3:]
     assert box.memory_dropped == 3 and box.dropped == 3 and not box.durable
     box.close()
+
+
+@needs_root
+def test_tiny_free_space_loses_nothing_uncounted(tmp_path: Path) -> None:
+    """160 KB free: the file fills at once and results go on in memory (a sender keeps taking
+    them); nothing is lost without being counted, and the state does not flap."""
+    fs = SmallFilesystem(tmp_path / "tiny", 160)
+    try:
+        box = Outbox(fs.path / "outbox.sqlite", FAST_RETRY)
+        changes: list[str | None] = []
+        box.on_health(changes.append)
+        put, acked = [], []
+        for i in range(3000):
+            put.append(box.put("t", b"%d" % i + b"y" * 200))
+            box.retry()
+            if i % 10 == 9:  # a sender that keeps up, with a small backlog
+                batch = [it.id for it in box.peek(8)]
+                box.ack_many(batch)
+                acked += batch
+        assert changes and changes[0] is not None and str(fs.path) in changes[0]
+        assert len(changes) <= 3, changes
+        left = [it.id for it in box.peek(10_000)]
+        assert left == sorted(left) and not set(left) & set(acked)
+        assert len(put) == len(acked) + len(left) + box.dropped
+        box.close()
+    finally:
+        fs.close()

@@ -185,6 +185,20 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
         load_config(loop)
 
 
+@pytest.mark.slow
+def test_run_refuses_a_bomb_and_a_non_utf8_file_without_a_traceback(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(9))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b'device: {id: "caf\xe9"}\n')
+    for command, path in (("run", bomb), ("run", latin1), ("check-config", latin1)):
+        args = [command, "--config", str(path)] if command == "run" else [command, str(path)]
+        done = subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert str(path) in done.stdout + done.stderr
+
+
 def test_a_file_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b'device: {id: "caf\xe9"}\n')

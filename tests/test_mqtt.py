@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -398,3 +399,34 @@ def test_liveness_does_not_read_pahos_log_text(mosquitto: Mosquitto, make_port: 
         assert port.connected and port.stats()["reconnects"] == 0, port.stats()
         time.sleep(0.1)
     assert port.stats()["link_probes"] >= 1
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd")
+def test_the_liveness_probe_works_under_the_fleet_acl(tmp_path: Path) -> None:
+    """The deploy ACL lets a device read only its own cmd/model/in topics: the probe (an
+    UNSUBSCRIBE) must still be answered, under MQTT 5 and 3.1.1, so an idle link lives."""
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "cam-lobby-1", "pw"], check=True)
+    broker = Mosquitto(tmp_path / "broker", extra_conf=[
+        "allow_anonymous false", f"password_file {passwd}",
+        f"acl_file {ROOT / 'deploy' / 'mosquitto.acl'}"]).start()
+    topics = Topics("edge", "cam-lobby-1")
+    ports = [MqttPort(mqtt_config(broker.port, tmp_path, username="cam-lobby-1", password="pw",
+                                  keepalive_s=2, protocol=protocol, client_id=f"c-{protocol}"),
+                      topics, outbox=Outbox.disabled(), status_payload=status_payload)
+             for protocol in ("5", "3.1.1")]
+    try:
+        for port in ports:
+            port.start()
+            assert port.wait_connected(5), port.stats()
+        quiet_until = time.monotonic() + 2.5 * 2
+        while time.monotonic() < quiet_until:
+            assert all(p.connected and p.stats()["reconnects"] == 0 for p in ports), \
+                [p.stats() for p in ports]
+            time.sleep(0.1)
+        assert all(p.stats()["link_probes"] >= 1 for p in ports)
+    finally:
+        for port in ports:
+            port.stop(flush_timeout=0.2)
+        broker.stop()

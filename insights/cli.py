@@ -17,10 +17,13 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from agent.errors import EdgeError
+from agent.health import SystemdNotifier
 from deploy.connection import BrokerOptions, add_broker_args
+from insights.collector import Collector
 from insights.engines import ENGINES, Engine, QueryError
 
 log = logging.getLogger("edge_insights")
@@ -84,7 +87,7 @@ def _lake_args(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from insights.collector import Collector, CollectorOptions
+    from insights.collector import CollectorOptions
     from insights.lake import Lake
     from insights.output import parse_duration
 
@@ -100,11 +103,31 @@ def cmd_collect(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     collector.start()
     log.info("collecting %s into %s as %s", ", ".join(options.filters()), args.lake, client_id)
-    while not stop.wait(60.0):
-        log.info("collector: %s", collector.summary())
+    _serve(collector, stop)
     collector.stop()
     log.info("stopped: %s", collector.summary())
     return 0
+
+
+def _serve(collector: Collector, stop: threading.Event, tick_s: float = 1.0,
+           log_every_s: float = 60.0) -> None:
+    """Until stopped: READY=1 to systemd once subscribed, WATCHDOG=1 while the flusher
+    lives, a summary in the log every minute."""
+    notifier = SystemdNotifier()
+    ready, last_log = False, time.monotonic()
+    while not stop.wait(tick_s):
+        if not ready and collector.subscribed.is_set():
+            notifier.notify("READY=1")
+            ready = True
+        if collector.flusher_alive():
+            summary = collector.summary()
+            notifier.notify("WATCHDOG=1", f"STATUS=received {summary['received']}, "
+                                          f"pending {summary['pending']}")
+        if time.monotonic() - last_log >= log_every_s:
+            last_log = time.monotonic()
+            log.info("collector: %s", collector.summary())
+    notifier.notify("STOPPING=1")
+    notifier.close()
 
 
 def _engine(args: argparse.Namespace) -> Engine:

@@ -237,6 +237,9 @@ class Collector:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def flusher_alive(self) -> bool:
+        return self._flusher.is_alive()
+
     def summary(self) -> dict[str, Any]:
         c = self.counters
         return {"received": c.received, "stored": dict(c.stored), "duplicates": c.duplicates,

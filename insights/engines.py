@@ -1,9 +1,9 @@
 """SQL engines over the lake: DuckDB (embedded, the default) and Apache Spark.
 
 Both expose the same named views (``labels``, ``stats``, ``status``, ``model_events``,
-``quarantine``), defined by the same SQL text: the raw files of a table are registered as
-``<table>_files`` and the view keeps one row per natural key (the first received), so a
-message redelivered after a crash, or a compaction caught halfway, is never counted twice.
+``quarantine``), defined by the same SQL text (``view_sql``): the view keeps one row per
+natural key (the first received), so a message redelivered after a crash, or a compaction
+caught halfway, is never counted twice. ``<table>_files`` is every file as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from insights.lake import Lake
-from insights.schema import KEYS, SCHEMAS, TABLES
+from insights.schema import KEYS, SCHEMAS, TABLES, first_copies_sql
 
 ENGINES = ("duckdb", "spark")
 
@@ -24,15 +24,30 @@ class QueryError(Exception):
 
 
 def view_sql(table: str) -> str:
-    """The view over ``<table>_files``: one row per key, the columns of the schema."""
+    """The view over a table's files: one row per key, the columns of the schema.
+
+    ``<table>_single`` holds the files of days that have just one file (a compacted day, or
+    one batch): a single file never repeats a key, so those rows need no de-duplication.
+    ``<table>_multi`` holds the days with several files, where a redelivered message may
+    sit in two of them: there the first-received copy of each key is kept. After
+    compaction almost every row is in the cheap half.
+    """
+    head = f"CREATE OR REPLACE TEMPORARY VIEW {table} AS "
+    if not KEYS[table]:
+        return head + first_copies_sql(table, f"{table}_files")
     columns = ", ".join(SCHEMAS[table].names)
-    keys = KEYS[table]
-    if not keys:
-        return f"CREATE OR REPLACE TEMPORARY VIEW {table} AS SELECT {columns} FROM {table}_files"
-    return (f"CREATE OR REPLACE TEMPORARY VIEW {table} AS SELECT {columns} FROM ("
-            f"SELECT {columns}, row_number() OVER (PARTITION BY {', '.join(keys)} "
-            f"ORDER BY received_ts) AS first_copy FROM {table}_files) copies "
-            f"WHERE first_copy = 1")
+    return (f"{head}SELECT {columns} FROM {table}_single UNION ALL "
+            f"{first_copies_sql(table, f'{table}_multi')}")
+
+
+def file_sets(lake: Lake, table: str) -> dict[str, list[Path]]:
+    """The files behind ``<table>_files``, ``<table>_single`` and ``<table>_multi``."""
+    single: list[Path] = []
+    multi: list[Path] = []
+    for day in lake.days(table):
+        files = lake.files(table, day)
+        (single if len(files) == 1 else multi).extend(files)
+    return {"files": sorted(single + multi), "single": single, "multi": multi}
 
 
 class Engine(Protocol):
@@ -55,14 +70,15 @@ class DuckDBEngine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         for table in TABLES:
-            files = lake.files(table)
-            if files:
-                listing = ", ".join(_quote(str(p)) for p in files)
-                self.con.execute(
-                    f"CREATE OR REPLACE TEMPORARY VIEW {table}_files AS SELECT * FROM "
-                    f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true)")
-            else:
-                self.con.register(f"{table}_files", SCHEMAS[table].empty_table())
+            for part, files in file_sets(lake, table).items():
+                name = f"{table}_{part}"
+                if files:
+                    listing = ", ".join(_quote(str(p)) for p in files)
+                    self.con.execute(
+                        f"CREATE OR REPLACE TEMPORARY VIEW {name} AS SELECT * FROM "
+                        f"read_parquet([{listing}], union_by_name = true)")
+                else:
+                    self.con.register(name, SCHEMAS[table].empty_table())
             self.con.execute(view_sql(table))
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -88,17 +104,20 @@ class SparkEngine:
 
         self.spark = (SparkSession.builder.master(master).appName(app)
                       .config("spark.ui.enabled", "false")
+                      .config("spark.ui.showConsoleProgress", "false")
                       .config("spark.sql.session.timeZone", "UTC")
                       .config("spark.sql.shuffle.partitions", "4")
                       .getOrCreate())
+        self.spark.sparkContext.setLogLevel("ERROR")
         for table in TABLES:
-            if lake.files(table):
-                frame = self.spark.read.option("mergeSchema", "true").parquet(
-                    str(lake.table_dir(table)))
-            else:
-                frame = self.spark.createDataFrame(
-                    [], schema=_spark_schema(self.spark, SCHEMAS[table]))
-            frame.createOrReplaceTempView(f"{table}_files")
+            for part, files in file_sets(lake, table).items():
+                if files:
+                    frame = self.spark.read.option("mergeSchema", "true").parquet(
+                        *[str(p) for p in files])
+                else:
+                    frame = self.spark.createDataFrame(
+                        [], schema=_spark_schema(self.spark, SCHEMAS[table]))
+                frame.createOrReplaceTempView(f"{table}_{part}")
             self.spark.sql(view_sql(table))
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -115,7 +134,16 @@ class SparkEngine:
 
 
 def _plain(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(v.asDict(recursive=True) if hasattr(v, "asDict") else v for v in row)
+    """Spark's Row values as the plain dicts and lists DuckDB returns."""
+    return tuple(_plain_value(v) for v in row)
+
+
+def _plain_value(value: Any) -> Any:
+    if hasattr(value, "asDict"):
+        return value.asDict(recursive=True)
+    if isinstance(value, list):
+        return [_plain_value(v) for v in value]
+    return value
 
 
 def _spark_schema(spark: Any, schema: pa.Schema) -> Any:

@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent.files import fsync_dir
-from insights.schema import KEYS, QUARANTINE, SCHEMAS, TABLES
+from insights.schema import QUARANTINE, TABLES, first_copies_sql
 
 DAY_PREFIX = "day="
 JOURNAL = "_compaction.json"
 COMPACT_ROW_GROUP = 500_000
+MERGE_MEMORY = "1GB"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -157,13 +158,6 @@ class Lake:
         inputs = self.files(table, day)
         if len(inputs) < min_files:
             return None
-        merged = pa.concat_tables(
-            [pq.read_table(p).select(SCHEMAS[table].names).cast(SCHEMAS[table]) for p in inputs])
-        rows_in = merged.num_rows
-        merged = merged.sort_by("received_ts")
-        merged = _one_row_per_key(merged, KEYS[table])
-        merged = merged.sort_by([("device", "ascending"), ("ts", "ascending")]) if (
-            "device" in merged.column_names and table != QUARANTINE) else merged
         output = f"compacted-{self.writer}-{uuid.uuid4().hex[:12]}.parquet"
         plan = {"output": output, "inputs": [p.name for p in inputs]}
         tmp_journal = folder / f".{JOURNAL}.tmp"
@@ -172,9 +166,36 @@ class Lake:
             os.fsync(f.fileno())
         os.replace(tmp_journal, folder / JOURNAL)
         fsync_dir(folder)
-        _write_atomic(folder / output, merged, row_group_size)
+        rows_in, rows_out = self._merge(table, inputs, folder / f".{output}.tmp",
+                                        row_group_size)
+        os.replace(folder / f".{output}.tmp", folder / output)
+        fsync_dir(folder)
         self._finish(folder, plan)
-        return CompactionResult(table, day, len(inputs), rows_in, merged.num_rows)
+        return CompactionResult(table, day, len(inputs), rows_in, rows_out)
+
+    def _merge(self, table: str, inputs: list[Path], tmp: Path,
+               row_group_size: int) -> tuple[int, int]:
+        """One sorted file of the inputs' first copies, streamed by DuckDB (it spills to
+        disk past its memory limit, so a day of any size fits), then fsynced."""
+        import duckdb
+
+        listing = ", ".join("'" + str(p).replace("'", "''") + "'" for p in inputs)
+        source = f"read_parquet([{listing}], union_by_name = true)"
+        order = "received_ts" if table == QUARANTINE else "device, ts"
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(f"SET memory_limit = '{MERGE_MEMORY}'")
+            con.execute(f"SET temp_directory = '{self.root / '.merge-spill'}'")
+            rows_in = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+            target = str(tmp).replace("'", "''")
+            con.execute(f"COPY ({first_copies_sql(table, source)} ORDER BY {order}) TO "
+                        f"'{target}' (FORMAT parquet, COMPRESSION zstd, "
+                        f"ROW_GROUP_SIZE {int(row_group_size)})")
+        finally:
+            con.close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        return rows_in, pq.ParquetFile(tmp).metadata.num_rows
 
     def compact_all(self, **kw: int) -> list[CompactionResult]:
         self.recover()
@@ -201,12 +222,3 @@ class Lake:
             if self.table_dir(table).is_dir():
                 fsync_dir(self.table_dir(table))
         return removed
-
-
-def _one_row_per_key(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """Keep the first-received row of each key (the order of the rows is the order read)."""
-    if not keys or table.num_rows == 0:
-        return table
-    numbered = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    firsts = numbered.group_by(list(keys), use_threads=False).aggregate([("_row", "min")])
-    return table.take(pc.sort_indices(firsts["_row_min"]))

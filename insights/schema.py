@@ -73,6 +73,17 @@ KEYS: dict[str, tuple[str, ...]] = {
     MODEL_EVENTS: ("device", "key"), QUARANTINE: ()}
 
 
+def first_copies_sql(table: str, source: str) -> str:
+    """SQL keeping the first-received row of each natural key of ``table`` from ``source``
+    (one text for DuckDB and Spark; used by the views and by compaction)."""
+    columns = ", ".join(SCHEMAS[table].names)
+    if not KEYS[table]:
+        return f"SELECT {columns} FROM {source}"
+    return (f"SELECT {columns} FROM (SELECT {columns}, row_number() OVER (PARTITION BY "
+            f"{', '.join(KEYS[table])} ORDER BY received_ts) AS first_copy FROM {source}) "
+            f"copies WHERE first_copy = 1")
+
+
 class BadInput(ValueError):
     """A message the lake will not take as data; ``kind`` groups it for counting and logs."""
 

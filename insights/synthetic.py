@@ -65,9 +65,11 @@ class FleetPlan:
     changes: tuple[ModelChange, ...] = ()
     model_name: str = "digits_cnn"
     source: str = "cam"
+    first_device: int = 0
 
     def device_ids(self) -> list[str]:
-        return [f"cam-{i:03d}" for i in range(self.devices)]
+        return [f"cam-{i:03d}" for i in range(self.first_device,
+                                              self.first_device + self.devices)]
 
 
 @dataclass

@@ -49,7 +49,7 @@ class CollectorProcess:
     """``edge-insights collect`` in a child process the test can SIGKILL."""
 
     def __init__(self, lake: Path, port: int, client_id: str, *extra: str,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.log_path = (log_dir or lake.parent) / f"collector-{client_id}-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -57,7 +57,7 @@ class CollectorProcess:
              f"mqtt://127.0.0.1:{port}", "--lake", str(lake), "--client-id", client_id,
              "--flush-rows", "200", "--flush-seconds", "0.2", *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -20,15 +20,16 @@ STATE_STALE = "stale"  # shown by edge-deploy: live by its retained status, but 
 SORT_KEYS = ("device", "state", "model", "version", "last-seen", "fps", "p95")
 FORMATS = ("table", "json", "csv")
 DEFAULT_STALE_S = 120.0
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``1.5m``, ``2h``, ``500ms`` -> seconds."""
+    """``90``, ``90s``, ``1.5m``, ``2h``, ``500ms``, ``7d``, ``2w`` -> seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise DeployError(f"duration {text!r}: expected a number with ms, s, m or h")
-    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+        raise DeployError(f"duration {text!r}: expected a number with ms, s, m, h, d or w")
+    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+             "w": 604800.0}[match.group(2)]
     return float(match.group(1)) * scale
 
 

@@ -7,16 +7,15 @@ import base64
 import html
 import math
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from agent.files import atomic_write_bytes
 from insights import charts
+from insights.output import TIME_COLUMNS, utc
 from insights.report import Report, Section
 
 TABLE_ROWS = 40
-TIME_COLUMNS = {"bucket", "start_ts", "end_ts", "window_start", "change_ts", "received_ts", "ts"}
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;
@@ -49,7 +48,7 @@ def _fmt(column: str, value: Any) -> str:
     if value is None:
         return "–"
     if column in TIME_COLUMNS and isinstance(value, (int, float)) and math.isfinite(value):
-        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return utc(value)
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, bool):

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from datetime import date, datetime, timezone
@@ -14,19 +13,18 @@ from decimal import Decimal
 from typing import Any
 
 from deploy.fleet import format_table
+from deploy.status_view import parse_duration as deploy_duration
 from insights.report import Report, Section
 
 FORMATS = ("table", "json", "csv")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``15m``, ``1h``, ``7d``, ``2w`` -> seconds."""
-    m = _DURATION.match(text)
-    if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a positive duration like 30s, 15m, 1h or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """A positive duration (``30s``, ``15m``, ``1h``, ``7d``; edge-deploy's parser)."""
+    seconds = deploy_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r} must be positive")
+    return seconds
 
 
 def parse_time(text: str, now: float | None = None) -> float:

@@ -128,16 +128,23 @@ def test_bad_sql_is_an_error_that_says_why(fleet, capsys) -> None:
     assert "nope" in capsys.readouterr().err
 
 
-def test_report_json_and_html(fleet, tmp_path: Path, capsys) -> None:
+def test_report_json_and_html(tmp_path: Path, capsys) -> None:
+    small = FleetPlan(devices=2, seconds=1800, rate_hz=1.0, start_ts=T0, seed=3,
+                      drift=Drift("cam-001", T0 + 900, 0.2),
+                      changes=(ModelChange("cam-000", T0 + 1200, "2", 0.05),))
+    lake = Lake(tmp_path / "lake", "gen")
+    lake.write(LABELS, generate(small).table)
+    _write_health(lake)
     page = tmp_path / "report.html"
-    assert main(["report", "--lake", str(fleet[0]), "--bucket", "15m", "--format", "json",
+    assert main(["report", "--lake", str(lake.root), "--bucket", "5m", "--format", "json",
                  "--html", str(page), "--until", str(T0 + 4 * 3600)]) == 0
     body = json.loads(capsys.readouterr().out)
     assert set(body["sections"]) >= {"counts", "episodes", "drift", "impact", "health",
                                      "offline", "quarantine"}
+    assert body["sections"]["drift_flags"] and body["sections"]["impact"]
     html = page.read_text()
     for section in ("seen", "presence", "drift", "impact", "health", "quarantine"):
         assert f'<section id="{section}"' in html
-    assert html.count("data:image/png;base64,") >= 5 and "http://" not in html
-    assert main(["report", "--lake", str(fleet[0]), "--bucket", "soon"]) == 2
+    assert html.count("data:image/png;base64,") == 6 and "http://" not in html
+    assert main(["report", "--lake", str(lake.root), "--bucket", "soon"]) == 2
     assert "duration" in capsys.readouterr().err

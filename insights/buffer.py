@@ -1,8 +1,9 @@
 """The collector's bounded batch: rows per table plus the acknowledgements they owe.
 
 The network thread adds; the flusher takes a whole batch, makes it durable, then sends the
-acknowledgements it carried. A label key seen recently is not stored again (a redelivery
-inside one run); the views and compaction remove what a crash let through.
+acknowledgements it carried. A key seen recently is not stored again (a redelivery inside
+one run, a retained status sent again on a resubscribe), so one file never repeats a key;
+the views and compaction remove what a crash let through into a second file.
 """
 
 from __future__ import annotations

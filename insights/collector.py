@@ -31,7 +31,15 @@ from agent.contract import DEFAULT_PREFIX, FleetTopics
 from deploy.connection import BrokerOptions
 from insights.buffer import Batch, BatchBuffer, RecentKeys
 from insights.lake import Lake
-from insights.schema import LABELS, QUARANTINE, BadInput, arrow_table, quarantine_row, route, to_row
+from insights.schema import (
+    QUARANTINE,
+    BadInput,
+    arrow_table,
+    natural_key,
+    quarantine_row,
+    route,
+    to_row,
+)
 
 log = logging.getLogger("edge_insights.collector")
 MAX_RECEIVE = 65535
@@ -166,8 +174,7 @@ class Collector:
         except BadInput as bad:
             self._quarantine(topic, device, bad, payload, now, ack)
             return
-        if where.table == LABELS and self.recent.seen(
-                (row["device"], row["run_id"], row["seq"])):
+        if self.recent.seen(natural_key(where.table, row)):
             self.counters.duplicates += 1
             self.buffer.add(None, None, ack)
             return

@@ -73,6 +73,11 @@ KEYS: dict[str, tuple[str, ...]] = {
     MODEL_EVENTS: ("device", "key"), QUARANTINE: ()}
 
 
+def natural_key(table: str, row: dict[str, Any]) -> tuple:
+    """What a redelivered copy of the message repeats (``KEYS``), with its table."""
+    return (table, *(row[k] for k in KEYS[table]))
+
+
 def first_copies_sql(table: str, source: str) -> str:
     """SQL keeping the first-received row of each natural key of ``table`` from ``source``
     (one text for DuckDB and Spark; used by the views and by compaction)."""

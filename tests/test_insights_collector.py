@@ -184,3 +184,17 @@ def test_identity_comes_from_the_topic_not_the_payload(mosquitto: Mosquitto,
     collector.stop()
     pub.close()
     assert lake_rows(lake, "SELECT device, state FROM status") == [("cam-a", "offline")]
+
+
+def test_a_status_sent_again_is_stored_once_so_one_file_never_repeats_a_key(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    collector = _in_process(mosquitto, lake)
+    body = json.dumps({"state": "online", "ts": time.time()}).encode()
+    pub = AckedPublisher(mosquitto.port)
+    pub.publish([("edge/cam-a/status", body)] * 3)   # as a resubscribe resends a retained one
+    pub.wait_acked()
+    wait_until(lambda: collector.counters.duplicates == 2, 10, "the copies")
+    collector.stop()
+    pub.close()
+    assert lake_value(lake, "SELECT count(*) FROM status_files") == 1

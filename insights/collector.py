@@ -76,6 +76,7 @@ class CollectorCounters:
     write_errors: int = 0
     acks_dropped: int = 0
     connects: int = 0
+    devices: set = field(default_factory=set)
 
 
 class Collector:
@@ -174,6 +175,7 @@ class Collector:
         except BadInput as bad:
             self._quarantine(topic, device, bad, payload, now, ack)
             return
+        self.counters.devices.add(where.device)
         if self.recent.seen(natural_key(where.table, row)):
             self.counters.duplicates += 1
             self.buffer.add(None, None, ack)
@@ -252,4 +254,5 @@ class Collector:
         return {"received": c.received, "stored": dict(c.stored), "duplicates": c.duplicates,
                 "quarantined": dict(c.quarantined), "flushes": c.flushes,
                 "write_errors": c.write_errors, "pending": self.buffer.pending(),
+                "devices": len(c.devices),
                 "connects": c.connects}

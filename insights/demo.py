@@ -116,6 +116,17 @@ def _start_agents(folder: Path, broker: DemoBroker, seconds: float) -> list[subp
     return procs
 
 
+def _wait_for_agents(collector: Collector, procs: list[subprocess.Popen],
+                     timeout: float = 90.0) -> None:
+    """The clock starts when every camera is heard from (start-up is slow on a busy host)."""
+    deadline = time.monotonic() + timeout
+    while len(collector.counters.devices) < len(CAMERAS):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"only {len(collector.counters.devices)} of {len(CAMERAS)} "
+                               f"agents started; see their logs in the demo folder")
+        time.sleep(0.1)
+
+
 def run_demo(seconds: float, out: str | Path) -> int:
     out = Path(out)
     if (out / "lake").exists():
@@ -136,7 +147,7 @@ def run_demo(seconds: float, out: str | Path) -> int:
         if not collector.subscribed.wait(10):
             raise RuntimeError("the collector did not subscribe")
         procs = _start_agents(out, broker, seconds)
-        started = time.time()
+        _wait_for_agents(collector, procs)
         print(f"collecting into {lake.root} for {seconds:g} s ...")
         stop.wait(seconds)
         for p in procs:
@@ -151,7 +162,7 @@ def run_demo(seconds: float, out: str | Path) -> int:
         collector.stop()
         broker.stop()
     print(f"collector: {collector.summary()}")
-    report = build_report(DuckDBEngine(lake), Scope(since=started - 5),
+    report = build_report(DuckDBEngine(lake), Scope(),
                           ReportOptions(bucket_s=5, gap_s=1.0, min_score=0.6, min_frames=2,
                                         drift_window_s=3, baseline_windows=2, min_n=10,
                                         impact_window_s=10))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from insights.lake import Lake
-from insights.schema import KEYS, SCHEMAS, TABLES, first_copies_sql
+from insights.schema import KEYS, LABELS, SCHEMAS, TABLES, first_copies_sql
 
 ENGINES = ("duckdb", "spark")
 
@@ -119,6 +119,7 @@ class SparkEngine:
                         [], schema=_spark_schema(self.spark, SCHEMAS[table]))
                 frame.createOrReplaceTempView(f"{table}_{part}")
             self.spark.sql(view_sql(table))
+        self.spark.catalog.cacheTable(LABELS)  # the report reads it a dozen times
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         from pyspark.errors import PySparkException

@@ -81,6 +81,14 @@ def details(section: Section, summary: str, flag: str | None = None) -> str:
             f"{table(section, flag=flag)}</details>")
 
 
+def top(section: Section, column: str, limit: int = 12) -> Section:
+    """The ``limit`` rows with the largest ``column``: what to read first."""
+    i = section.columns.index(column)
+    rows = sorted(section.rows, key=lambda r: -(r[i] if isinstance(r[i], (int, float)) else 0))
+    title = f"{section.title} (top {limit} by {column})"
+    return Section(title, section.columns, rows[:limit], section.note)
+
+
 def label_matrix(report: Report) -> str:
     """Labels per device (rows) and label (columns): the whole range at a glance."""
     totals: dict[str, dict[str, int]] = {}
@@ -135,11 +143,13 @@ def render(report: Report) -> str:
                  + details(s["counts"], "per device and bucket")),
         _section("presence", "Presence", s["episodes"].note + "; how often, how long",
                  _chart(report, "episodes", lambda: charts.presence_chart(report),
-                        "presence episodes") + table(s["presence"])
+                        "presence episodes") + table(top(s["presence"], "total_s"))
+                 + details(s["presence"], "per device and label")
                  + details(s["episodes"], "every episode")),
         _section("drift", "Confidence drift", s["drift"].note + "; red rings are flagged",
                  _chart(report, "drift", lambda: charts.drift_chart(report), "drift")
-                 + table(s["drift_flags"], flag="flagged")
+                 + table(top(s["drift_flags"], "drop"), flag="flagged")
+                 + details(s["drift_flags"], "every flagged window", flag="flagged")
                  + details(s["drift"], "every window", flag="flagged")),
         _section("impact", "Model impact", s["impact"].note,
                  _chart(report, "impact", lambda: charts.impact_chart(report), "impact")

@@ -54,6 +54,7 @@ def _sorted_rows(section) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_spark_gives_the_same_report_as_duckdb(lake: Lake) -> None:
     pytest.importorskip("pyspark")
     if shutil.which("java") is None:

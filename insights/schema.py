@@ -25,10 +25,10 @@ LABELS, STATS, STATUS, MODEL_EVENTS, QUARANTINE = (
 TABLES = (LABELS, STATS, STATUS, MODEL_EVENTS, QUARANTINE)
 TOPIC_TABLES = {FleetTopics.LABELS: LABELS, FleetTopics.STATS: STATS,
                 FleetTopics.STATUS: STATUS, FleetTopics.MODEL_RESULT: MODEL_EVENTS}
-# The numbers of the stats record, each a column (its flags and its time are not numbers).
+# The numbers of the stats record, each a column (its flags, per-source table and time are not).
 STATS_TS = "ts"
-STATS_NUMBERS = tuple(f.name for f in dataclasses.fields(StatsRecord)
-                      if f.name != STATS_TS and "bool" not in str(f.type))
+STATS_NUMBERS = tuple(f.name for f in dataclasses.fields(StatsRecord) if f.name != STATS_TS
+                      and str(f.type).replace(" | None", "") in ("int", "float"))
 
 MAX_PAYLOAD = 256 * 1024      # a labels message is about 400 bytes; anything this big is hostile
 MAX_TOPK = 64

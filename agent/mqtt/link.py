@@ -65,6 +65,7 @@ class Session:
     was_up: bool = False
     cut_reason: str | None = None
     max_packet: int | None = None
+    status_mid: int | None = None  # the retained status sent on CONNACK
     started: float = field(default_factory=time.monotonic)
     last_inbound: float = field(default_factory=time.monotonic)
     probe_sent: float | None = None

@@ -295,8 +295,11 @@ class MqttPort:
         if filters:
             client.subscribe(filters)
         self._connects += 1
-        self._publish_status()  # before wait_connected() returns: the status goes out first
-        self._connected.set()
+        info = self._publish_status()  # wait_connected() returns once the broker has it
+        if info is None:
+            self._connected.set()
+        else:
+            session.status_mid = info.mid
         log.info("connected to MQTT broker %s:%s as %s", self.cfg.host, self.cfg.port,
                  self._client_id)
         self._notify(True, None)
@@ -318,6 +321,8 @@ class MqttPort:
         session = self._session_of(client)
         if session is None:
             return
+        if mid == session.status_mid:
+            self._connected.set()
         refusal = None
         if reason_code is not None and reason_code.is_failure:
             refusal = f"broker refused: {reason_code} ({reason_code.value})"

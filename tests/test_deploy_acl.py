@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tests.support.broker import Mosquitto
 
 ACL = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto.acl"
 USERS = ("cam-lobby-1", "cam-lobby-2", "deployer")
+MARKER = "edge/group/lobby/model/commit"  # both cameras may read it; not in sent
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
                                 reason="mosquitto_passwd is not installed")
@@ -43,6 +43,11 @@ class Client:
     def wait_count(self, n: int, timeout: float = 5.0) -> None:
         with self._cond:
             assert self._cond.wait_for(lambda: len(self.got) >= n, timeout), self.got
+
+    def wait_for(self, topic: str, timeout: float = 5.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(t == topic for t, _ in self.got),
+                                       timeout), (topic, self.got)
 
     def topics(self) -> set[str]:
         with self._cond:
@@ -77,11 +82,14 @@ def test_devices_see_only_their_own_and_their_groups_pushes(broker: Mosquitto) -
         spoofer.client.publish("edge/cam-lobby-2/status", b"spoofed", qos=0).wait_for_publish(2)
         spoofer.close()
         cam1.publish("edge/cam-lobby-1/status", b"mine")
-        cam2.wait_count(3)
+        # a barrier: the broker keeps one connection's messages in order, so once this last
+        # one (which both cameras may read) arrives, any denied one would have arrived too
+        deployer.publish(MARKER, b"end")
+        cam1.wait_for(MARKER)
+        cam2.wait_for(MARKER)
         deployer.wait_count(1)
-        time.sleep(0.3)  # give denied messages a chance to (wrongly) arrive
-        assert cam1.topics() == {sent[0], sent[2]}
-        assert cam2.topics() == {sent[1], sent[2], sent[3]}
+        assert cam1.topics() - {MARKER} == {sent[0], sent[2]}
+        assert cam2.topics() - {MARKER} == {sent[1], sent[2], sent[3]}
         assert deployer.got == [("edge/cam-lobby-1/status", b"mine")]
     finally:
         for c in (cam1, cam2, deployer):

@@ -14,7 +14,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-dev: $(BIN)/python
-	$(BIN)/pip install -q -e '.[convert,dev,bench,insights]'
+	$(BIN)/pip install -q -e '.[convert,dev,bench,insights,deploy]'
 	# tf-keras gives the fused LSTM path; --no-deps keeps it from pulling in full tensorflow
 	$(BIN)/pip install -q --no-deps tf-keras==2.21.0
 

@@ -80,6 +80,16 @@ class MqttSession:
             raise DeployError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
         self._wait(lambda: mid in self._subacked, timeout, f"SUBACK for {topic}")
 
+    def subscribe_many(self, topics: list[str], timeout: float = 10.0) -> None:
+        """One SUBSCRIBE for many topics (QoS 1)."""
+        if not topics:
+            return
+        rc, mid = self.client.subscribe([(t, 1) for t in topics])
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise DeployError(f"subscribe to {len(topics)} topics failed: "
+                              f"{mqtt.error_string(rc)}")
+        self._wait(lambda: mid in self._subacked, timeout, f"SUBACK for {len(topics)} topics")
+
     def publish(self, topic: str, payload: bytes) -> int:
         """Publish at QoS 1 and return the message id (see ``wait_acked``)."""
         info = self.client.publish(topic, payload, qos=1)

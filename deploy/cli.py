@@ -16,7 +16,7 @@ from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from deploy.cli_rollout import add_rollout_parsers, cmd_rollout, push_group_rollout
 from deploy.connection import BrokerOptions, add_broker_args
-from deploy.fleet import FleetWatch
+from deploy.fleet import DeviceRoster, FleetWatch
 from deploy.progress import ProgressLine, outcome_table
 from deploy.push import (
     DEFAULT_CHUNK_SIZE,
@@ -26,6 +26,7 @@ from deploy.push import (
     load_bundle,
     push_and_wait,
 )
+from deploy.rollout_state import state_dir
 from deploy.status_view import FORMATS, SORT_KEYS, StatusQuery, parse_duration, status_report
 
 
@@ -106,6 +107,9 @@ def _status_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--sort", choices=SORT_KEYS, default="device", help="row order")
     st.add_argument("--format", choices=FORMATS, default="table", help="output format")
     st.add_argument("--summary", action="store_true", help="only the summary")
+    st.add_argument("--state-dir", default=None,
+                    help="where the ids of devices seen before are kept (default "
+                    "$EDGE_DEPLOY_STATE_DIR, else $XDG_STATE_HOME/edge-deploy)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,7 +139,7 @@ def _push_device(session: MqttSession, args: argparse.Namespace) -> list[Outcome
     fleet = FleetTopics(args.prefix)
     collector = ResultCollector(session, fleet)
     watch = FleetWatch(session, fleet)
-    watch.settle(args.status_wait)
+    watch.settle(args.status_wait, known=[args.device])
     view = watch.view(args.device)
     if view is None or not view.status:
         raise DeployError(f"no device {args.device!r} has a retained status under "
@@ -175,13 +179,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                         version=args.version,
                         stale_s=parse_duration(args.stale) if args.stale else None,
                         sort=args.sort)
+    roster = DeviceRoster(state_dir(args.state_dir))
     session = MqttSession(BrokerOptions.from_args(args))
     try:
         watch = FleetWatch(session, FleetTopics(args.prefix))
-        watch.settle(args.wait)
+        watch.settle(args.wait, known=roster.load())
         views = watch.views()
     finally:
         session.close()
+    roster.remember(v.device for v in views if v.status)
     print(status_report(views, query, args.format, args.summary))
     return 0
 

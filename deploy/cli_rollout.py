@@ -11,7 +11,7 @@ from agent.errors import DeployError
 from agent.models.signing import load_private_key
 from deploy.broker import MqttSession
 from deploy.connection import BrokerOptions
-from deploy.fleet import FleetWatch, group_members
+from deploy.fleet import DeviceRoster, FleetWatch, group_members
 from deploy.progress import rollout_json, rollout_summary, rollouts_table, wave_display
 from deploy.push import FAILED_RESULTS, RESULT_SKIPPED, Bundle, ResultCollector, load_bundle
 from deploy.rollout import RolloutPolicy, parse_share, plan_waves
@@ -24,8 +24,8 @@ from deploy.rollout_state import (
     DeviceRecord,
     RolloutRecord,
     RolloutStore,
-    default_state_dir,
     new_rollout_id,
+    state_dir,
 )
 from deploy.status_view import parse_duration
 
@@ -76,7 +76,7 @@ def add_rollout_parsers(sub: argparse._SubParsersAction,
 
 
 def _store(args: argparse.Namespace) -> RolloutStore:
-    return RolloutStore(Path(args.state_dir) if args.state_dir else default_state_dir())
+    return RolloutStore(state_dir(args.state_dir))
 
 
 def policy_of(args: argparse.Namespace) -> RolloutPolicy:
@@ -137,7 +137,9 @@ def push_group_rollout(args: argparse.Namespace) -> int:
         fleet = FleetTopics(args.prefix)
         collector = ResultCollector(session, fleet)
         watch = FleetWatch(session, fleet)
-        watch.settle(args.status_wait)
+        roster = DeviceRoster(state_dir(args.state_dir))
+        watch.settle(args.status_wait, known=roster.load())
+        roster.remember(v.device for v in watch.views() if v.status)
         record = new_record(watch, args, bundle, policy)
         store.save(record)
         return _run(record, store, args, bundle, args.key, session, collector, watch)
@@ -176,7 +178,7 @@ def _resume(args: argparse.Namespace) -> int:
         fleet = FleetTopics(record.prefix)
         collector = ResultCollector(session, fleet)
         watch = FleetWatch(session, fleet)
-        watch.settle(args.status_wait)
+        watch.settle(args.status_wait, known=list(record.devices))
         return _run(record, store, args, bundle, args.key or record.key, session, collector,
                     watch)
     finally:

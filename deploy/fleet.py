@@ -6,14 +6,17 @@ payload is never believed, so a device cannot make another look offline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.contract import LIVE_STATES, FleetTopics
+from agent.files import atomic_write_bytes
 from deploy.broker import MqttSession
 
 
@@ -50,14 +53,22 @@ class DeviceView:
 
 
 class FleetWatch:
-    """Keeps the latest status and stats of every device, from a live subscription."""
+    """Keeps the latest status and stats of every device, from a live subscription.
+
+    Mosquitto sends the retained messages of a wildcard subscription; RabbitMQ's MQTT plugin
+    (3.x) sends retained messages only to subscriptions of the exact topic. ``settle`` covers
+    both: when the wildcards brought no retained message, it listens for the rest of the wait
+    (live stats name the devices), then subscribes each known or seen device's own topics.
+    """
 
     def __init__(self, session: MqttSession, fleet: FleetTopics) -> None:
+        self._session = session
         self._fleet = fleet
         self._cond = threading.Condition()
         self._views: dict[str, DeviceView] = {}
         self._probe = fleet.probe(session.client_id)
-        self._probed = False
+        self._probes = 0
+        self._retained = 0
         session.add_handler(self._on_message)
         session.subscribe(fleet.status_filter)
         session.subscribe(fleet.stats_filter)
@@ -68,7 +79,7 @@ class FleetWatch:
     def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic == self._probe:
             with self._cond:
-                self._probed = True
+                self._probes += 1
                 self._cond.notify_all()
             return
         for kind in (FleetTopics.STATUS, FleetTopics.STATS):
@@ -86,15 +97,35 @@ class FleetWatch:
         with self._cond:
             view = self._views.setdefault(device, DeviceView(device))
             setattr(view, kind, data)
+            self._retained += retain
             self._cond.notify_all()
 
-    def settle(self, wait_s: float) -> bool:
-        """Wait until every retained status and stats has arrived: our own probe message comes
-        back after them (one connection keeps order). At most ``wait_s`` seconds after
-        subscribing; False when the probe did not come back in time."""
-        left = self._subscribed + wait_s - time.monotonic()
+    def _wait(self, done: Callable[[], bool], until: float) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: self._probed, max(0.0, left))
+            return self._cond.wait_for(done, max(0.0, until - time.monotonic()))
+
+    def settle(self, wait_s: float, known: Iterable[str] = ()) -> bool:
+        """Wait until the retained status and stats have arrived: our own probe message comes
+        back after them (one connection keeps order). At most ``wait_s`` seconds after
+        subscribing (twice that when exact subscriptions are needed); False when a probe did
+        not come back in time."""
+        deadline = self._subscribed + wait_s
+        if not self._wait(lambda: self._probes >= 1, deadline):
+            return False
+        with self._cond:
+            no_retained = self._retained == 0
+        if no_retained:
+            self._wait(lambda: False, deadline)
+        with self._cond:
+            missing = sorted((set(known) | set(self._views))
+                             - {d for d, v in self._views.items() if v.status})
+        if not missing:
+            return True
+        topics = [t for d in missing for t in (self._fleet.device(d).status,
+                                               self._fleet.device(d).stats)]
+        self._session.subscribe_many(topics)
+        self._session.publish(self._probe, b"end of retained")
+        return self._wait(lambda: self._probes >= 2, time.monotonic() + max(wait_s, 1.0))
 
     def views(self) -> list[DeviceView]:
         with self._cond:
@@ -106,11 +137,26 @@ class FleetWatch:
             return self._views.get(device)
 
 
-def collect_fleet(session: MqttSession, prefix: str, wait_s: float = 1.0) -> list[DeviceView]:
-    """Subscribe to the retained status and stats topics and gather what is there."""
-    watch = FleetWatch(session, FleetTopics(prefix))
-    watch.settle(wait_s)
-    return watch.views()
+class DeviceRoster:
+    """The device ids seen before, kept in ``<state dir>/devices.json``: on a broker that
+    sends no retained messages to wildcard subscriptions they are looked up one by one."""
+
+    def __init__(self, state_dir: Path, limit: int = 100_000) -> None:
+        self.path = Path(state_dir) / "devices.json"
+        self.limit = limit
+
+    def load(self) -> list[str]:
+        try:
+            ids = json.loads(self.path.read_text())
+        except (OSError, ValueError, RecursionError):
+            return []
+        return [i for i in ids if isinstance(i, str)][:self.limit] \
+            if isinstance(ids, list) else []
+
+    def remember(self, devices: Iterable[str]) -> None:
+        ids = sorted(set(self.load()) | set(devices))[:self.limit]
+        with contextlib.suppress(OSError):
+            atomic_write_bytes(self.path, json.dumps(ids).encode())
 
 
 def group_members(views: Sequence[DeviceView], group: str) -> list[DeviceView]:

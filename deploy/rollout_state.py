@@ -31,6 +31,10 @@ PENDING, SENT = "pending", "sent"
 ROLLOUT_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 
 
+def state_dir(given: str | None) -> Path:
+    return Path(given) if given else default_state_dir()
+
+
 def default_state_dir() -> Path:
     if os.environ.get("EDGE_DEPLOY_STATE_DIR"):
         return Path(os.environ["EDGE_DEPLOY_STATE_DIR"])

@@ -66,6 +66,8 @@ class Session:
     cut_reason: str | None = None
     max_packet: int | None = None
     status_mid: int | None = None  # the retained status sent on CONNACK
+    tcp_connected: bool = False
+    connack: int | None = None  # the CONNACK's reason code value, when one came
     started: float = field(default_factory=time.monotonic)
     last_inbound: float = field(default_factory=time.monotonic)
     probe_sent: float | None = None

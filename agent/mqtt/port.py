@@ -41,6 +41,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, OutboxConfig
 from agent.contract import STATE_OFFLINE, STATE_ONLINE, STATE_STOPPED, Topics
+from agent.mqtt.fallback import ProtocolFallback
 from agent.mqtt.inbound import InboundQueues
 from agent.mqtt.inflight import InflightWindow
 from agent.mqtt.link import PahoClient, Session, logged, new_client, valid_topic
@@ -68,6 +69,7 @@ class MqttPort:
                  on_connection: ConnectionListener | None = None,
                  inbox_limits: Mapping[InboundKind, InboxLimit] = INBOX_LIMITS) -> None:
         self.cfg = cfg
+        self._fallback = ProtocolFallback(cfg.protocol)
         self.topics = topics
         self.outbox = outbox
         pacing = outbox_cfg or OutboxConfig()
@@ -244,6 +246,12 @@ class MqttPort:
                 self.window.close(count_strike=not self._stopping.is_set())
                 failures = 0
                 self._notify(False, self._last_error)
+            if self._fallback.after_connection(session.tcp_connected, session.connack,
+                                               session.was_up):
+                self.cfg = self.cfg.model_copy(update={"protocol": self._fallback.protocol})
+                log.warning("broker %s:%s does not speak MQTT 5; using 3.1.1 (set "
+                            "mqtt.protocol: \"3.1.1\")", self.cfg.host, self.cfg.port)
+                continue
             if self._stopping.is_set():
                 break
             delay = min(self.cfg.reconnect_max_s,
@@ -261,6 +269,7 @@ class MqttPort:
             self._error(f"cannot connect to MQTT broker {cfg.host}:{cfg.port}: {exc}")
             return
         session.started = session.last_inbound = time.monotonic()
+        session.tcp_connected = True
         session.client.loop_start()
         closed_checks = 0
         while not session.ended.wait(0.2) and closed_checks < 5:
@@ -283,6 +292,7 @@ class MqttPort:
         session = self._session_of(client)
         if session is None:
             return
+        session.connack = reason_code.value
         if reason_code.is_failure:
             self._error(f"broker {self.cfg.host}:{self.cfg.port} refused connection: "
                         f"{reason_code}; retrying", logging.ERROR)

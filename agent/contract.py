@@ -127,9 +127,6 @@ class FleetTopics:
         """Where a push to every member of ``group`` goes."""
         return f"{self.prefix}/group/{group}/model"
 
-    def group_cmd(self, group: str, name: str) -> str:
-        return f"{self.prefix}/group/{group}/cmd/{name}"
-
     @property
     def status_filter(self) -> str:
         return f"{self.prefix}/+/{self.STATUS}"
@@ -150,11 +147,6 @@ class FleetTopics:
         """A topic only this client uses: its own message there marks the end of the
         retained messages the broker sent for its earlier subscriptions."""
         return f"{self.prefix}/_fleet/probe/{client_id}"
-
-    @property
-    def model_filters(self) -> list[str]:
-        """Every model-delivery part on device and group topics (what a push sends)."""
-        return [f"{self.prefix}/+/model/+", f"{self.prefix}/group/+/model/+"]
 
     def device_of(self, topic: str, suffix: str) -> str | None:
         """The device id in ``<prefix>/<id>/<suffix>`` (``suffix`` one of ``STATUS``,

@@ -58,34 +58,43 @@ def phase(broker: FleetBroker, fn: Any) -> tuple[Any, dict[str, float]]:
                  "other_cores": round(load["foreign_cores"] + load["our_cores"] - cores, 3)}
 
 
-def run_size(n: int, agents: int, tmp: Path, model_dir: Path, keys: Any, rate: float,
-             agent_fps: float) -> dict[str, Any]:
-    broker = FleetBroker(tmp / f"broker-{n}").start()
-    sub = Subscriber(broker.port, f"bench-sub-{n}")
+def run_all(sizes: list[int], agents: int, tmp: Path, model_dir: Path, keys: Any,
+            rate: float, agent_fps: float) -> list[dict[str, Any]]:
+    """One broker and one set of real agents; simulated devices are added size by size."""
+    broker = FleetBroker(tmp / "broker").start()
+    sub = Subscriber(broker.port, "bench-sub")
     video = tmp / "scene.avi"
-    if not video.exists():
-        make_video(video, frames=60)
-    real = AgentFleet(tmp / f"agents-{n}", broker.port, agents, keys.public, video, agent_fps)
+    make_video(video, frames=60)
+    real = AgentFleet(tmp / "agents", broker.port, agents, keys.public, video, agent_fps)
+    sub.mark_agents(real.ids)
     opts = SimOptions("127.0.0.1", broker.port, labels_per_s=rate,
                       trusted=[load_public_key(keys.public)])
-    sims = SimFleet(n - agents, opts)
-    row: dict[str, Any] = {"devices": n, "simulated": n - agents, "real_agents": agents}
+    sims = SimFleet(max(1, sizes[0] - agents), opts)
     t0 = time.monotonic()
     _loop_thread(sims)
-    wait(lambda: sims.online() == n - agents and sub.online_count(real.ids) == agents, 900,
-         "fleet online")
-    row["online_s"] = round(time.monotonic() - t0, 2)
+    rows = []
     try:
-        row |= measure_labels(sub, broker, n, agents, rate, agent_fps)
-        row |= measure_status(broker, n)
-        row |= measure_pushes(broker, model_dir, keys, n)
-        row |= measure_restart(broker, sub, sims, real)
+        for i, n in enumerate(sizes):
+            if i:
+                sims.grow(n - agents - len(sims.devices))
+            wait(lambda n=n: sims.online() == n - agents
+                 and sub.online_count(real.ids) == agents, 900, "fleet online")
+            row: dict[str, Any] = {"devices": n, "simulated": n - agents, "real_agents": agents,
+                                   "online_s": round(time.monotonic() - t0, 2)}
+            row |= measure_labels(sub, broker, n, agents, rate, agent_fps)
+            row |= measure_status(broker, n)
+            row |= measure_pushes(broker, model_dir, keys, (f"{2 * i + 2}.0.0",
+                                                            f"{2 * i + 3}.0.0"))
+            row |= measure_restart(broker, sub, sims, real)
+            print(json.dumps(row, default=str), flush=True)
+            rows.append(row)
+            t0 = time.monotonic()
     finally:
         sims.stop()
         real.stop()
         sub.close()
         broker.stop()
-    return row
+    return rows
 
 
 def measure_labels(sub: Subscriber, broker: FleetBroker, n: int, agents: int,
@@ -109,10 +118,11 @@ def measure_status(broker: FleetBroker, n: int) -> dict[str, Any]:
     return {"status_s": took, "status_devices": seen}
 
 
-def measure_pushes(broker: FleetBroker, model_dir: Path, keys: Any, n: int) -> dict[str, Any]:
+def measure_pushes(broker: FleetBroker, model_dir: Path, keys: Any,
+                   versions: tuple[str, str]) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    for label, version, policy in (("group_topic", "2.0.0", []),
-                                   ("waves_10pct", "3.0.0", ["--waves", "10%"])):
+    for label, version, policy in (("group_topic", versions[0], []),
+                                   ("waves_10pct", versions[1], ["--waves", "10%"])):
         source = model_dir / version / "manifest.json"
 
         def push(source: Path = source, policy: list[str] = policy) -> Any:
@@ -136,7 +146,6 @@ def measure_pushes(broker: FleetBroker, model_dir: Path, keys: Any, n: int) -> d
 def measure_restart(broker: FleetBroker, sub: Subscriber, sims: SimFleet,
                     real: AgentFleet) -> dict[str, Any]:
     before = len(sims.stats.connects)
-    sub.mark_agents(real.ids)
     broker.stop()
     t_stop = time.time()
     time.sleep(5)  # the outage: real agents keep labels in their outboxes
@@ -185,13 +194,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="fleet-scale-", dir=args.workdir) as name:
         tmp = Path(name)
-        keys, model_dir = wide_model(tmp / "models", versions=("2.0.0", "3.0.0"))
-        rows = []
-        for n in (int(x) for x in args.devices.split(",")):
-            row = run_size(n, args.agents, tmp, model_dir, keys, args.labels_per_s,
-                           args.agent_fps)
-            print(json.dumps(row, default=str), flush=True)
-            rows.append(row)
+        sizes = sorted(int(x) for x in args.devices.split(","))
+        keys, model_dir = wide_model(tmp / "models", versions=tuple(
+            f"{v}.0.0" for v in range(2, 2 * len(sizes) + 2)))
+        rows = run_all(sizes, args.agents, tmp, model_dir, keys, args.labels_per_s,
+                       args.agent_fps)
     text = report(rows, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")

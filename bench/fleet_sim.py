@@ -232,8 +232,9 @@ class SimFleet:
     def __init__(self, count: int, opts: SimOptions, name: Callable[[int], str] | None = None
                  ) -> None:
         self.stats = SimStats()
-        name = name or (lambda i: f"sim-{i:04d}")
-        self.devices = [SimDevice(name(i), opts, self.stats) for i in range(count)]
+        self.opts = opts
+        self._name = name or (lambda i: f"sim-{i:04d}")
+        self.devices = [SimDevice(self._name(i), opts, self.stats) for i in range(count)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
@@ -248,6 +249,21 @@ class SimFleet:
         if ready:
             ready()
         await asyncio.gather(*tasks)
+
+    def grow(self, count: int) -> None:
+        """Start ``count`` more devices on the running loop (called from another thread)."""
+        assert self._loop is not None and self._stop is not None
+        stop = self._stop
+        new = [SimDevice(self._name(len(self.devices) + i), self.opts, self.stats)
+               for i in range(count)]
+        self.devices.extend(new)
+
+        async def launch() -> None:
+            for d in new:
+                asyncio.get_running_loop().create_task(d.run(stop))
+                await asyncio.sleep(0.005)
+
+        asyncio.run_coroutine_threadsafe(launch(), self._loop).result()
 
     def online(self) -> int:
         return sum(d.online.is_set() for d in self.devices)

@@ -23,8 +23,9 @@ from typing import Any
 
 import aiomqtt
 
-from agent.contract import STATE_OFFLINE, STATE_ONLINE, Topics, parse_manifest
+from agent.contract import STATE_OFFLINE, STATE_ONLINE, Topics
 from agent.errors import EdgeError
+from agent.manifest import parse_manifest
 from agent.models.signing import verify_manifest
 from agent.models.wire import (
     RESULT_NOOP,

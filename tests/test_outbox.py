@@ -341,13 +341,15 @@ def test_an_unwritable_outbox_at_start_runs_in_memory_until_the_disk_allows(
     box.close()
 
 
-def test_the_memory_queue_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+def test_the_memory_queue_is_bounded_and_counts_what_it_drops(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     folder = tmp_path / "not-a-folder"
     folder.write_text("a file where the outbox folder should be")
     box = Outbox(folder / "outbox.sqlite", OutboxConfig(memory_max_messages=5))
     ids = [box.put("t", bytes([i])) for i in range(8)]
     assert [it.id for it in box.peek(10)] == ids[3:]
     assert box.memory_dropped == 3 and box.dropped == 3 and not box.durable
+    assert caplog.text.count("memory queue is full") == 1  # once, not per message
     box.close()
 
 

@@ -139,8 +139,13 @@ class Outbox:
                 except DiskError as exc:
                     self._degrade(exc, self._store)
             self._last_id += 1
+            dropped = self._memory.dropped
             self._memory.add(OutboxItem(self._last_id, topic, payload, int(qos), retain,
                                         created))
+            if self._problem is not None and dropped == 0 < self._memory.dropped:
+                log.error("outbox %s: the memory queue is full (%d messages): dropping the "
+                          "oldest results, counted in outbox_memory_dropped", self.path,
+                          self._memory.max_messages)
             item_id = self._last_id
         self._tell()
         return item_id

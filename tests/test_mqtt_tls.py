@@ -99,3 +99,20 @@ def test_missing_tls_file_fails_at_start(tmp_path: Path, certs: Certs) -> None:
     port = MqttPort(options, TOPICS, outbox=Outbox.disabled(), status_payload=status_payload)
     with pytest.raises(ConfigError, match=r"nope\.crt"):
         port.start()
+
+
+def test_tls_files_gone_after_start_do_not_end_the_reconnects(
+        tls_broker: Mosquitto, certs: Certs, tmp_path: Path, make_port: PortFactory) -> None:
+    """The network thread survives a client it cannot build (its TLS files were removed) and
+    connects again once they are back."""
+    ca = tmp_path / "ca-copy.crt"
+    ca.write_bytes(certs.ca_cert.read_bytes())
+    port = make_port(tls_broker.port, reconnect_max_s=0.3,
+                     **tls_options(certs, ca_file=str(ca)))
+    hidden = ca.with_suffix(".hidden")
+    ca.rename(hidden)
+    tls_broker.stop()
+    tls_broker.start()
+    wait_until(lambda: "cannot set up the MQTT client" in (port.stats()["last_error"] or ""), 10)
+    hidden.rename(ca)
+    wait_until(lambda: port.connected and port.stats()["reconnects"] >= 1, 15, "reconnect")

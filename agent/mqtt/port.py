@@ -61,6 +61,7 @@ __all__ = ["InboundMessage", "MqttPort"]
 
 log = logging.getLogger(__name__)
 
+
 class MqttPort:
     """publish / subscribe / stop, with a durable outbox behind ``publish_durable``."""
 
@@ -237,7 +238,12 @@ class MqttPort:
     def _run_network(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            session = Session(self._new_client())
+            try:
+                session = Session(self._new_client())
+            except Exception as exc:  # e.g. TLS files gone since start: keep retrying
+                self._error(f"cannot set up the MQTT client: {exc}", logging.ERROR)
+                self._stopping.wait(self.cfg.reconnect_max_s)
+                continue
             self._session = session
             self._connect_and_loop(session)
             session.connected = False

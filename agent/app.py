@@ -7,10 +7,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
-import numpy as np
 
 from agent import __version__
 from agent.capture.camera import CameraOptions, CameraSource
@@ -21,30 +19,28 @@ from agent.commands.handlers import build_command_handlers
 from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
 from agent.contract import STATE_DEGRADED, STATE_ONLINE, STATE_PAUSED, STATE_STOPPED, Topics
-from agent.errors import DeployError, EdgeError
 from agent.health import HealthMonitor, ProgressPolicy, StatsRecorder, SystemdNotifier
-from agent.inference.engine import DelegateSpec, Engine
+from agent.inference.engine import DelegateSpec
 from agent.inference.pipeline import (
-    InferenceBackend,
     LoadedModel,
     Pipeline,
-    build_loaded_model,
 )
 from agent.inference.postprocess import ChangeFilter
-from agent.manifest import ModelManifest, WindowSpec
+from agent.manifest import WindowSpec
 from agent.metrics import AgentMetrics, MetricSources
+from agent.models.loader import EngineFactory, EngineSettings, ModelLoader
 from agent.models.receiver import ModelReceiver
-from agent.models.store import InstalledModel, ModelStore
+from agent.models.store import ModelStore
+from agent.models.switch import ModelSwitch
 from agent.mqtt.homeassistant import SummaryPublisher, discovery_messages
 from agent.mqtt.outbox import Outbox
-from agent.mqtt.port import InboundMessage, MqttPort
+from agent.mqtt.port import MqttPort
 from agent.payloads import encode, labels_payload, status_body
 from agent.records import Result
 
 log = logging.getLogger(__name__)
 
 SWAP_HOLD_FRAMES = 16
-EngineFactory = Callable[[Path, ModelManifest], InferenceBackend]
 
 
 class AgentApp:
@@ -55,7 +51,7 @@ class AgentApp:
                  watchdog_s: float | None = None, ready_timeout_s: float = 30.0) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.device.prefix, cfg.device.id, tuple(cfg.device.groups))
-        self._engine_factory = engine_factory or self._default_engine
+        self._engine_factory = engine_factory
         self.notifier = notifier or SystemdNotifier()
         self._watchdog_s = watchdog_s
         self._ready_timeout_s = ready_timeout_s
@@ -76,35 +72,22 @@ class AgentApp:
             p.hysteresis, p.min_interval_ms / 1000.0, on_change=p.on_change) \
             if p.on_change or p.min_interval_ms else None
 
-    # -- engines ---------------------------------------------------------------
+    # -- models ----------------------------------------------------------------
 
-    def _default_engine(self, model_path: Path, manifest: ModelManifest) -> Engine:
-        d = self.cfg.model.delegate
-        engine = Engine(model_path, num_threads=self.cfg.model.num_threads,
-                        runtime=self.cfg.model.runtime,
-                        delegate=DelegateSpec(d.kind, d.library, dict(d.options), d.fallback))
-        engine.check_manifest(manifest)
-        return engine
-
-    def load(self, installed: InstalledModel) -> LoadedModel:
-        """Build, check and warm a model off the hot path (pushed models arrive warmed by the
-        receiver and go straight to ``_wrap``)."""
-        engine = self._engine_factory(installed.model_path, installed.manifest)
-        spec = installed.manifest.input
-        engine.invoke(np.zeros(spec.shape, dtype=np.dtype(spec.dtype)))  # warm-up
-        return self._wrap(installed, engine)
-
-    def _wrap(self, installed: InstalledModel, engine: InferenceBackend) -> LoadedModel:
-        top_k, min_score = self.cfg.publish.top_k, self.cfg.publish.min_score
-        if hasattr(self, "pipeline"):  # keep what `config set` changed at run time
-            top_k, min_score = self.active_model.post.top_k, self.active_model.post.min_score
-        return build_loaded_model(installed.manifest, installed.folder, engine,
-                                  top_k, min_score)
+    def _model_switch(self, store: ModelStore) -> ModelSwitch:
+        m, d = self.cfg.model, self.cfg.model.delegate
+        settings = EngineSettings(m.runtime, DelegateSpec(d.kind, d.library, dict(d.options),
+                                                          d.fallback), m.num_threads)
+        return ModelSwitch(ModelLoader(settings, self._engine_factory), store,
+                           device_id=self.topics.device_id, top_k=self.cfg.publish.top_k,
+                           min_score=self.cfg.publish.min_score,
+                           publish_result=self._publish_model_result,
+                           on_changed=self._on_model_changed)
 
     @property
     def active_model(self) -> LoadedModel:
         """The model inferring now (the first one loaded, until the pipeline exists)."""
-        return self.pipeline.model if hasattr(self, "pipeline") else self.model
+        return self.switch.active
 
     # -- start -----------------------------------------------------------------
 
@@ -134,7 +117,9 @@ class AgentApp:
             cv2.setNumThreads(cfg.pipeline.opencv_threads)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ModelStore(cfg.state_dir / "models", keep=cfg.delivery.keep_versions)
-        self.model = self._load_first_model()
+        self.switch = self._model_switch(self.store)
+        self.model = self.switch.start(self.store.choose_at_start(cfg.model.manifest),
+                                       cfg.model.manifest)
         self.outbox = Outbox(cfg.outbox_path(), cfg.outbox) if cfg.outbox.enabled \
             else Outbox.disabled(cfg.outbox)
         self.port = MqttPort(cfg.mqtt, self.topics, outbox=self.outbox, outbox_cfg=cfg.outbox,
@@ -147,7 +132,9 @@ class AgentApp:
             max_frame_age_ms=cfg.pipeline.max_frame_age_ms,
             rollback_after_failures=cfg.pipeline.rollback_after_failures,
             probation_frames=cfg.pipeline.probation_frames,
-            on_rollback=self._on_rollback, on_first_inference=self._on_first_inference)
+            on_rollback=self.switch.on_automatic_rollback,
+            on_first_inference=self._on_first_inference)
+        self.switch.attach(self.pipeline)
         self.health = HealthMonitor(
             self.notifier, ProgressPolicy(self.pipeline, self.cameras, cfg.health.stall_s),
             self._status_line, self._publish_stats,
@@ -171,38 +158,23 @@ class AgentApp:
             self._ready_timer.daemon = True
             self._ready_timer.start()
 
-    def _load_first_model(self) -> LoadedModel:
-        chosen = self.store.choose_at_start(self.cfg.model.manifest)
-        try:
-            return self.load(chosen)
-        except EdgeError as exc:
-            fallback = self.store.seed(self.cfg.model.manifest)
-            if fallback.key == chosen.key:
-                raise
-            log.error("active model %s does not load (%s); starting with the configured %s",
-                      chosen.key, exc, fallback.key)
-            loaded = self.load(fallback)
-            self.store.activate(fallback, reason=f"active model failed to load: {exc}")
-            return loaded
-
-
     def _build_router(self) -> CommandRouter:
         control = RunningAgentControl(
             self.pipeline, self.port, self.topics, self.store, self.health, self.started_mono,
-            load=self.load, runtime_info=self.runtime_info, refresh_status=self.refresh_status)
+            rollback=self.switch.rollback, runtime_info=self.runtime_info,
+            refresh_status=self.refresh_status)
         return CommandRouter(
             self.topics, build_command_handlers(control), self._reply,
             response_topic_filters=self.cfg.commands.response_topic_filters)
 
     def _build_receiver(self) -> ModelReceiver:
-        d = self.cfg.model.delegate
         return ModelReceiver(
             self.store, self.topics, trusted_keys=self.cfg.delivery.trusted_keys,
             max_model_bytes=self.cfg.delivery.max_model_bytes,
-            staging_timeout_s=self.cfg.delivery.staging_timeout_s,
-            delegate=DelegateSpec(d.kind, d.library, dict(d.options), d.fallback),
-            num_threads=self.cfg.model.num_threads,
-            publish_result=self._publish_model_result, on_ready=self._on_model_ready)
+            staging_timeout_s=self.cfg.delivery.staging_timeout_s, loader=self.switch.loader,
+            target=self.switch, publish_result=self._publish_model_result,
+            hold_frames=lambda: self.inbox.hold(SWAP_HOLD_FRAMES),
+            release_frames=self.inbox.release, on_restart=self.refresh_status)
 
     def _build_sources(self) -> None:
         """Cameras for a frame model; MQTT sample sources for a sequence model."""
@@ -220,7 +192,8 @@ class AgentApp:
         for f in self.topics.command_filters():
             self.port.subscribe(f, self.router.handle, kind="command")
         for f in self.receiver.filters():
-            self.port.subscribe(f, self._on_model_message, kind="model")
+            self.port.subscribe(f, lambda msg: self.receiver.handle(msg.topic, msg.payload),
+                                kind="model")
         for samples in self.sample_sources:
             for f in samples.filters():
                 self.port.subscribe(f, samples.handle, kind="sample")
@@ -257,36 +230,12 @@ class AgentApp:
     def _reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         self.port.publish(topic, payload, qos=1, correlation_data=correlation)
 
-    def _on_model_message(self, msg: InboundMessage) -> None:
-        if Topics.last_segment(msg.topic) == "commit":
-            self.inbox.hold(SWAP_HOLD_FRAMES)  # loading competes for the CPU: queue, not drop
-        self.receiver.handle(msg.topic, msg.payload)
-
     def _publish_model_result(self, body: dict) -> None:
-        self.inbox.release()
         self.port.publish(self.topics.model("result"), encode(body), qos=1)
         self.refresh_status()
 
-    def _on_model_ready(self, installed: InstalledModel, engine: Engine) -> None:
-        """Called by the receiver's worker with a verified, loaded, warmed engine."""
-        current = self.pipeline.model.manifest
-        if installed.manifest.task != current.task:
-            raise DeployError(f"the agent runs a {current.task} model with "
-                              f"{'camera' if current.task == 'frame' else 'mqtt'} sources; "
-                              f"a {installed.manifest.task} model cannot replace it")
-        loaded = self._wrap(installed, engine)
-        self.pipeline.swap(loaded)
-        self.refresh_status()
-
-    def _on_rollback(self, bad: LoadedModel, good: LoadedModel, reason: str) -> None:
-        try:
-            self.store.rollback(reason=f"automatic: {reason}")
-        except EdgeError as exc:
-            log.error("store rollback failed: %s", exc)
-        self.port.publish(self.topics.model("result"), encode({
-            "device": self.topics.device_id, "result": "rolled_back",
-            "name": bad.manifest.name, "version": bad.manifest.version,
-            "active_version": good.manifest.version, "reason": reason}), qos=1)
+    def _on_model_changed(self, before: LoadedModel, after: LoadedModel) -> None:
+        """Called by the model switch once ``after`` serves (a push or a rollback)."""
         self.refresh_status()
 
     # -- status and health -----------------------------------------------------

@@ -20,6 +20,12 @@ STATE_DEGRADED = "degraded"
 STATE_PAUSED = "paused"
 LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED, STATE_PAUSED)
 
+# The ``result`` of a ``<base>/model/result`` message (built by payloads.model_result_body).
+RESULT_OK, RESULT_NOOP, RESULT_REFUSED, RESULT_ERROR = "ok", "noop", "refused", "error"
+RESULT_ROLLED_BACK = "rolled_back"  # sent by the agent after a rollback, without a push id
+RESULT_SUCCESS = (RESULT_OK, RESULT_NOOP)
+
+
 def default_device_id() -> str:
     return socket.gethostname().split(".")[0] or "device"
 

@@ -17,6 +17,7 @@ from agent.errors import ManifestError
 from agent.files import atomic_write_bytes
 
 MANIFEST_SCHEMA = 1
+MAX_FILE_NAME = 200  # bytes; the store adds nothing to it, file systems allow 255
 
 Task = Literal["frame", "sequence"]
 TensorDType = Literal["float32", "float16", "int8", "uint8", "int16", "int32"]
@@ -115,8 +116,10 @@ class ModelManifest(_Strict):
     @field_validator("file")
     @classmethod
     def _plain_file_name(cls, v: str) -> str:
-        if not v or "/" in v or "\\" in v or v in (".", "..") or v.startswith("."):
-            raise ValueError(f"must be a plain file name inside the model folder, got {v!r}")
+        if (not v or "/" in v or "\\" in v or "\x00" in v or v in (".", "..")
+                or v.startswith(".") or len(v.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME):
+            raise ValueError(f"must be a plain file name inside the model folder (no NUL, at "
+                             f"most {MAX_FILE_NAME} bytes), got {v[:80]!r}")
         return v
 
     @model_validator(mode="after")

@@ -168,3 +168,17 @@ def status_body(state: str, *, device: str, groups: list[str], model: dict[str, 
 
 def encode(body: dict[str, Any]) -> bytes:
     return _dumps(body).encode()
+
+
+def model_result_body(result: str, *, device: str, push_id: str | None,
+                      model: dict[str, Any] | None, reason: str | None, via: str,
+                      active_version: str | None,
+                      timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """The one ``<base>/model/result`` message: a push's outcome (``contract.PUSH_*``) or a
+    rollback. ``model`` is the manifest the result is about (name, version, sha256 are taken),
+    ``active_version`` the version serving once it is published."""
+    m = {k: v for k, v in (model or {}).items() if isinstance(v, str)}
+    return {"push_id": push_id, "device": device, "name": m.get("name"),
+            "version": m.get("version"), "sha256": m.get("sha256"), "result": result,
+            "reason": reason, "via": via, "active_version": active_version,
+            "ts": round(time.time(), 3), **(timings or {})}

@@ -17,7 +17,6 @@ from agent.contract import STATE_OFFLINE, FleetTopics, model_part
 from agent.errors import DeployError, ManifestError
 from agent.files import sha256_file
 from agent.manifest import ModelManifest, parse_manifest
-from agent.models.signing import sign_manifest
 from agent.models.wire import (
     RESULT_ERROR,
     RESULT_NOOP,
@@ -27,10 +26,13 @@ from agent.models.wire import (
     commit_message,
     encode_chunk,
     manifest_message,
+    signed_body,
+    target_of,
 )
 from deploy.broker import MqttSession
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+DEFAULT_EXPIRES_IN_S = 3600.0
 ACK_WINDOW = 16
 # Outcomes edge-deploy adds to the devices' own results (ok, noop, refused, error, rolled_back)
 RESULT_TIMEOUT, RESULT_SKIPPED, RESULT_OFFLINE = "timeout", "skipped", STATE_OFFLINE
@@ -101,16 +103,19 @@ def new_push_id() -> str:
 
 def send_push(session: MqttSession, model_base: str, push_id: str, bundle: Bundle,
               key: Ed25519PrivateKey, chunk_size: int = DEFAULT_CHUNK_SIZE,
-              progress: Progress | None = None, ack_timeout: float = 60.0) -> None:
+              progress: Progress | None = None, ack_timeout: float = 60.0, *,
+              rollback: bool = False, expires_in_s: float = DEFAULT_EXPIRES_IN_S) -> None:
     """Publish manifest, chunks and commit on ``<model_base>/<part>`` at QoS 1 (``model_base``
     from ``Topics.model_base`` or ``FleetTopics.group_model_base``).
 
-    The manifest is acknowledged before the first chunk, and at most ``ACK_WINDOW`` chunks are
-    unacknowledged at a time, so memory stays flat and the broker sees them in order.
+    The signature covers the push id, the manifest, the target (the device or group of
+    ``model_base``), the expiry, the chunk size and the rollback flag. The manifest is
+    acknowledged before the first chunk, and at most ``ACK_WINDOW`` chunks are unacknowledged
+    at a time, so memory stays flat and the broker sees them in order.
     """
-    signature = sign_manifest(bundle.raw, key)
-    mid = session.publish(model_part(model_base, "manifest"),
-                          manifest_message(push_id, bundle.raw, signature, chunk_size))
+    body = signed_body(push_id, bundle.raw, target_of(model_base), time.time() + expires_in_s,
+                       chunk_size, rollback)
+    mid = session.publish(model_part(model_base, "manifest"), manifest_message(body, key))
     session.wait_acked({mid}, ack_timeout)
     total = len(bundle.model)
     chunk_topic = model_part(model_base, "chunk")

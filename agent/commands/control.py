@@ -13,7 +13,7 @@ from agent.contract import Topics
 from agent.errors import CommandError, EdgeError
 from agent.health import HealthMonitor
 from agent.inference.pipeline import LoadedModel, Pipeline
-from agent.models.store import InstalledModel, ModelStore
+from agent.models.store import ModelStore
 from agent.mqtt.port import MqttPort
 from agent.records import Frame
 
@@ -26,7 +26,7 @@ class RunningAgentControl:
     store: ModelStore
     health: HealthMonitor
     started_mono: float
-    load: Callable[[InstalledModel], LoadedModel]
+    rollback: Callable[[str], LoadedModel]  # the model switch's: loads the one way, swaps
     runtime_info: Callable[[], dict[str, Any] | None]
     refresh_status: Callable[[], None]
 
@@ -83,16 +83,9 @@ class RunningAgentControl:
                 for im in self.store.list()]
 
     def rollback_model(self) -> dict[str, Any]:
-        previous = self.store.previous()
-        if previous is None:
-            raise CommandError("no previous model to roll back to")
         try:
-            loaded = self.load(previous)
+            loaded = self.rollback("rollback command")
         except EdgeError as exc:
-            raise CommandError(f"previous model {previous.manifest.version} does not load: "
-                               f"{exc}") from exc
-        self.pipeline.swap(loaded)
-        self.store.rollback(reason="rollback command")
-        self.refresh_status()
+            raise CommandError(str(exc)) from exc
         m = loaded.manifest
         return {"name": m.name, "version": m.version, "sha256": m.sha256}

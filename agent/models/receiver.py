@@ -1,110 +1,94 @@
-"""Agent side of model delivery: receive a pushed model, verify it, load it, hand it over.
+"""Agent side of model delivery: receive a pushed model, verify it, try it, hand it over.
 
-The wire format is in ``agent/models/wire.py``. ``handle()`` runs on the MQTT network thread
-and only enqueues; one worker thread owns all push state, writes chunks, verifies, loads and
-warms the model, so the network thread is never blocked for long. Every outcome is one result dict
-passed to ``publish_result``.
+``handle()`` runs on the MQTT network thread and only enqueues (bounded, drops counted); one
+worker thread owns all push state, writes chunks, verifies, tries the model in a child process
+(``trial.py``), loads it with the one loader and hands it to the model switch. The worker
+survives any error, its error reporting included; if it dies anyway the next message restarts
+it, counted in ``health()``. Every outcome is one ``model_result_body`` message.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import queue
 import shutil
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-
-from agent.contract import Topics
-from agent.errors import DeployError, EdgeError
-from agent.files import atomic_write_bytes, sha256_file
-from agent.inference.engine import DelegateSpec, Engine
-from agent.manifest import ModelManifest, parse_manifest
-from agent.models.signing import KeySpec, load_trusted_keys, verify_manifest
-from agent.models.store import MANIFEST_NAME, SIGNATURE_NAME, InstalledModel, ModelStore
-from agent.models.wire import (
-    PART_FILE,
-    PARTS,
+from agent.contract import (
     RESULT_ERROR,
     RESULT_NOOP,
     RESULT_OK,
     RESULT_REFUSED,
+    RESULT_SUCCESS,
+    Topics,
+)
+from agent.manifest import ModelManifest, parse_manifest
+from agent.errors import DeployError, EdgeError
+from agent.models.delivery_queue import DeliveryQueue, Item
+from agent.models.loader import ModelLoader, WarmEngine
+from agent.models.signing import KeySpec, load_trusted_keys
+from agent.models.staging import StagedPush
+from agent.models.store import InstalledModel, ModelStore
+from agent.models.trial import DEFAULT_TIMEOUT_S, try_in_child
+from agent.models.wire import (
+    PARTS,
+    PushOffer,
     Refused,
+    check_layout,
     decode_chunk,
     json_object,
+    parse_offer,
     push_id_of,
+    verify_offer,
 )
+from agent.payloads import model_result_body
 
 log = logging.getLogger(__name__)
 
 MAX_PUSHES = 4
 FINISHED_MEMORY = 256
 
-# --------------------------------------------------------------------------- push state
 
+class ModelTarget(Protocol):
+    """Where a verified, warmed model goes (the model switch)."""
 
-@dataclass
-class _Push:
-    push_id: str
-    via: str
-    manifest: ModelManifest
-    manifest_raw: dict[str, Any]
-    signature: str
-    chunk_size: int
-    chunks: int
-    folder: Path | None
-    fd: int | None
-    last_activity: float
-    noop: bool = False
-    received: set[int] = field(default_factory=set)
+    def admit(self, manifest: ModelManifest, rollback: bool) -> None: ...
 
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def warm_up(engine: Engine) -> float:
-    """Run the engine on a zero input; return the median invoke time in ms."""
-    x = np.zeros(engine.input_shape, dtype=engine.input_dtype)
-    times = engine.time_invoke(x, runs=5, warmup=2)
-    out = engine.invoke(x)
-    if np.issubdtype(out.dtype, np.floating) and not np.all(np.isfinite(out)):
-        raise Refused("the model's output on a zero input is not finite (NaN or inf)")
-    return float(np.median(times))
+    def swap_in(self, installed: InstalledModel, warm: WarmEngine, reason: str) -> None: ...
 
 
 class ModelReceiver:
     """Receives pushes for one device; see the module docstring for the threads."""
 
     def __init__(self, store: ModelStore, topics: Topics, *, trusted_keys: Iterable[KeySpec],
-                 max_model_bytes: int, staging_timeout_s: float, delegate: DelegateSpec,
-                 num_threads: int, publish_result: Callable[[dict[str, Any]], None],
-                 on_ready: Callable[[InstalledModel, Engine], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_model_bytes: int, staging_timeout_s: float, loader: ModelLoader,
+                 target: ModelTarget, publish_result: Callable[[dict[str, Any]], None],
+                 hold_frames: Callable[[], None] = lambda: None,
+                 release_frames: Callable[[], None] = lambda: None,
+                 trial_timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.topics = topics
         self.trusted = load_trusted_keys(trusted_keys)
         self.max_model_bytes = max_model_bytes
         self.staging_timeout_s = staging_timeout_s
-        self.delegate = delegate
-        self.num_threads = num_threads
+        self.loader = loader
+        self.target = target
+        self.trial_timeout_s = trial_timeout_s  # None: no trial (tests with fake engines)
         self._publish = publish_result
-        self._on_ready = on_ready
-        self._clock = clock
-        self._queue: queue.SimpleQueue[tuple[str, str, bytes] | None] = queue.SimpleQueue()
-        self._pushes: dict[str, _Push] = {}
+        self._hold, self._release = hold_frames, release_frames
+        self._clock, self._wall = clock, wall_clock
+        self._queue = DeliveryQueue()
+        self.restarts = 0
+        self._pushes: dict[str, StagedPush] = {}
         self._finished: OrderedDict[str, str] = OrderedDict()
         self._thread: threading.Thread | None = None
+        self._stopping = False
         self._idle = threading.Event()
         self._idle.set()
 
@@ -116,17 +100,21 @@ class ModelReceiver:
 
     def start(self) -> None:
         self.store.clean_staging(0)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
         self._thread = threading.Thread(target=self._run, name="model-receiver", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             return
-        self._queue.put(None)
+        self._stopping = True
+        self._queue.stop_marker(timeout)
         self._thread.join(timeout)
         if not self._thread.is_alive():  # else the worker still owns the push state
             for push in list(self._pushes.values()):
-                self._drop(push)
+                push.drop()
         self._thread = None
 
     def handle(self, topic: str, payload: bytes) -> None:
@@ -135,8 +123,18 @@ class ModelReceiver:
         part = Topics.last_segment(topic)
         if via is None or part not in PARTS:
             return
-        self._queue.put((via, part, bytes(payload)))
-        self._idle.clear()  # after put: a race can only leave it clear until the next tick
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
+            self.restarts += 1
+            log.error("model receiver: the worker thread had died; restarted (%d)", self.restarts)
+            self._start_worker()
+        if self._queue.offer((via, part, bytes(payload))):
+            self._idle.clear()  # after put: a race can only leave it clear until the next tick
+
+    def health(self) -> dict[str, Any]:
+        alive = self._thread is not None and self._thread.is_alive()
+        return {"worker": "running" if alive else "stopped", "restarts": self.restarts,
+                "dropped": self._queue.dropped, "queued": self._queue.qsize(),
+                "pushes": len(self._pushes)}
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """True once every enqueued message has been processed (for tests and shutdown)."""
@@ -156,23 +154,32 @@ class ModelReceiver:
         tick = max(0.05, min(1.0, self.staging_timeout_s / 4))
         while True:
             try:
-                item = self._queue.get(timeout=tick)
+                item = self._queue.take(tick)
             except queue.Empty:
-                self._expire()
+                self._guarded(self._expire)
                 self._idle.set()
                 continue
             if item is None:
                 return
-            try:
-                self._dispatch(*item)
-            except Exception as exc:  # a handler bug must not kill the receiver
-                log.exception("model receiver: unexpected error handling %s", item[1])
-                self._report_error(item, exc)
-            self._expire()
+            self._guarded(self._dispatch, item)
+            self._guarded(self._expire)
             if self._queue.empty():
                 self._idle.set()
 
-    def _dispatch(self, via: str, part: str, payload: bytes) -> None:
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn``; an error is logged and reported, and never leaves the worker."""
+        try:
+            fn(*args)
+        except Exception as exc:  # a handler bug must not kill the receiver
+            log.exception("model receiver: unexpected error in %s", fn.__name__)
+            try:
+                if args:
+                    self._report_error(args[0], exc)
+            except Exception:
+                log.exception("model receiver: reporting that error failed too")
+
+    def _dispatch(self, item: Item) -> None:
+        via, part, payload = item
         if part == "manifest":
             self._on_manifest(via, payload)
         elif part == "chunk":
@@ -180,19 +187,19 @@ class ModelReceiver:
         else:
             self._on_commit(via, payload)
 
-    def _report_error(self, item: tuple[str, str, bytes], exc: Exception) -> None:
+    def _report_error(self, item: Item, exc: Exception) -> None:
         via, part, payload = item
         try:
             pid = decode_chunk(payload)[0] if part == "chunk" else push_id_of(
                 json_object(payload, part))
         except Refused:
             return
-        reason = f"agent error: {type(exc).__name__}: {exc}"
+        reason = f"agent error: {type(exc).__name__}: {str(exc)[:300]}"
         push = self._pushes.get(pid)
         if push is not None:
             self._finish(push, RESULT_ERROR, reason)
         elif pid not in self._finished:
-            self._finished[pid] = RESULT_ERROR
+            self._remember(pid, RESULT_ERROR)
             self._result(pid, None, via, RESULT_ERROR, reason)
 
     # -- manifest -----------------------------------------------------------------
@@ -207,62 +214,52 @@ class ModelReceiver:
         if push_id in self._finished:
             return
         current = self._pushes.get(push_id)
-        if current is not None:
-            if (current.manifest_raw, current.chunk_size) == (data.get("manifest"),
-                                                              data.get("chunk_size")):
-                current.last_activity = self._clock()  # a QoS 1 duplicate: keep the chunks
-                return
-            self._drop(self._pushes.pop(push_id))
-        try:
-            push = self._open_push(push_id, via, data)
-        except DeployError as exc:
-            raw = data.get("manifest") if isinstance(data.get("manifest"), dict) else {}
-            self._finished[push_id] = RESULT_REFUSED
-            self._result(push_id, raw, via, RESULT_REFUSED, str(exc))
+        if current is not None and current.raw_message == data:
+            current.last_activity = self._clock()  # a QoS 1 duplicate: keep the chunks
             return
-        self._pushes[push_id] = push
-
-    def _open_push(self, push_id: str, via: str, data: dict[str, Any]) -> _Push:
-        raw = data.get("manifest")
-        if not isinstance(raw, dict):
-            raise Refused("manifest message has no 'manifest' object")
         try:
-            manifest = parse_manifest(raw, origin="pushed manifest")
+            offer = parse_offer(data)
+            verify_offer(offer, self.trusted, device_id=self.topics.device_id,
+                         groups=self.topics.groups, now=self._wall())
+        except Refused as exc:
+            if current is not None:  # an unverified message never cancels a push
+                self._result(None, None, via, RESULT_REFUSED, f"a manifest reusing push id "
+                             f"{push_id} (in progress) was ignored: {exc}")
+            else:
+                self._refuse(push_id, data.get("manifest"), via, str(exc))
+            return
+        if current is not None:  # a validly signed new offer under the same id replaces it
+            self._pushes.pop(push_id).drop()
+        try:
+            push = self._open_push(offer, via)
+        except DeployError as exc:
+            self._refuse(push_id, offer.manifest, via, str(exc))
+            return
+        if push is not None:
+            push.raw_message = data
+            self._pushes[push_id] = push
+
+    def _open_push(self, offer: PushOffer, via: str) -> StagedPush | None:
+        try:
+            manifest = parse_manifest(offer.manifest, origin="pushed manifest")
         except EdgeError as exc:
             raise Refused(str(exc)) from exc
-        signature = data.get("signature")
-        verify_manifest(raw, signature if isinstance(signature, str) else "", self.trusted)
-        chunk_size, chunks = self._check_layout(manifest, data)
-        push = _Push(push_id, via, manifest, raw, str(signature), chunk_size, chunks, None, None,
-                     self._clock())
+        check_layout(offer, self.max_model_bytes)
         active = self.store.active()
-        if active is not None and active.manifest.sha256 == manifest.sha256 and (
-                active.manifest.name, active.manifest.version) == (manifest.name,
-                                                                   manifest.version):
-            push.noop = True
-            return push
+        if active is not None and (active.manifest.name, active.manifest.version,
+                                   active.manifest.sha256) == (manifest.name, manifest.version,
+                                                               manifest.sha256):
+            self._remember(offer.push_id, RESULT_NOOP)  # answered now: takes no push slot
+            self._result(offer.push_id, offer.manifest, via, RESULT_NOOP,
+                         f"version {manifest.version} is already active")
+            return None
+        self.target.admit(manifest, offer.rollback)
         if len(self._pushes) >= MAX_PUSHES:
             raise Refused(f"{MAX_PUSHES} pushes are already in progress; try again later")
         self._check_disk(manifest.size_bytes)
-        push.folder = self.store.new_staging(push_id)
-        push.fd = os.open(push.folder / PART_FILE, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.ftruncate(push.fd, manifest.size_bytes)
+        push = StagedPush(offer, manifest, via, self._clock())
+        push.open(self.store.new_staging(offer.push_id))
         return push
-
-    def _check_layout(self, manifest: ModelManifest, data: dict[str, Any]) -> tuple[int, int]:
-        size = manifest.size_bytes
-        if size > self.max_model_bytes:
-            raise Refused(f"model is {size} bytes, over this device's limit of "
-                          f"{self.max_model_bytes} bytes")
-        if size == 0:
-            raise Refused("model file is empty (size_bytes 0)")
-        chunk_size, chunks = data.get("chunk_size"), data.get("chunks")
-        if not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise Refused(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if chunks != math.ceil(size / chunk_size):
-            raise Refused(f"chunks is {chunks!r} but {size} bytes in chunks of {chunk_size} "
-                          f"make {math.ceil(size / chunk_size)}")
-        return chunk_size, chunks
 
     def _check_disk(self, size: int) -> None:
         self.store.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -282,23 +279,10 @@ class ModelReceiver:
         if push is None:
             return
         push.last_activity = self._clock()
-        if push.noop:
-            return
         try:
-            self._write_chunk(push, index, data)
+            push.write_chunk(index, data)
         except Refused as exc:
             self._finish(push, RESULT_REFUSED, str(exc))
-
-    def _write_chunk(self, push: _Push, index: int, data: bytes) -> None:
-        if index >= push.chunks:
-            raise Refused(f"chunk index {index} is beyond the {push.chunks} announced")
-        offset = index * push.chunk_size
-        expected = min(push.chunk_size, push.manifest.size_bytes - offset)
-        if len(data) != expected:
-            raise Refused(f"chunk {index} has {len(data)} bytes, expected {expected}")
-        assert push.fd is not None
-        os.pwrite(push.fd, data, offset)
-        push.received.add(index)
 
     # -- commit -----------------------------------------------------------------
 
@@ -315,72 +299,54 @@ class ModelReceiver:
                              "commit for a push whose manifest never arrived (agent restarted "
                              "or the push expired); push again")
             return
-        if push.noop:
-            self._finish(push, RESULT_NOOP, f"version {push.manifest.version} is already active")
-            return
+        self._hold()
         try:
-            installed, engine, timings = self._verify_and_load(push)
+            self._commit(push)
+        finally:
+            self._release()  # whatever happened, the inbox hold ends here
+
+    def _commit(self, push: StagedPush) -> None:
+        try:
+            installed, warm, timings, fresh = self._verify_and_load(push)
         except Refused as exc:
             self._finish(push, RESULT_REFUSED, str(exc))
             return
-        self._hand_over(push, installed, engine, timings)
-
-    def _verify_and_load(self, push: _Push) -> tuple[InstalledModel, Engine, dict[str, float]]:
-        missing = push.chunks - len(push.received)
-        if missing:
-            first = min(set(range(push.chunks)) - push.received)
-            raise Refused(f"{missing} of {push.chunks} chunks missing (first: {first})")
-        folder = self._seal(push)
-        t0 = time.perf_counter()
-        model_path = push.manifest.model_path(folder)
         try:
-            engine = Engine(model_path, delegate=self.delegate, num_threads=self.num_threads)
-            engine.check_manifest(push.manifest)
-            load_ms = (time.perf_counter() - t0) * 1000
-            invoke_ms = warm_up(engine)
-        except EdgeError as exc:
-            raise Refused(str(exc)) from exc
-        try:
-            installed = self.store.install(folder)
-        except (EdgeError, OSError) as exc:
-            raise Refused(f"install failed: {exc}") from exc
-        return installed, engine, {"load_ms": round(load_ms, 2), "invoke_ms": round(invoke_ms, 3)}
-
-    def _seal(self, push: _Push) -> Path:
-        """fsync the received bytes, check them, and give them their final names."""
-        assert push.fd is not None and push.folder is not None
-        os.fsync(push.fd)
-        push.close()
-        folder = push.folder
-        part = folder / PART_FILE
-        digest = sha256_file(part)
-        if digest != push.manifest.sha256:
-            raise Refused(f"sha256 of the received bytes is {digest[:16]}..., the manifest says "
-                          f"{push.manifest.sha256[:16]}...")
-        target = push.manifest.model_path(folder)
-        if target.resolve().parent != folder.resolve() or target.name in (MANIFEST_NAME,
-                                                                          SIGNATURE_NAME):
-            raise Refused(f"model file name {push.manifest.file!r} is not allowed")
-        os.replace(part, target)
-        atomic_write_bytes(folder / MANIFEST_NAME,
-                           (json.dumps(push.manifest_raw, indent=2) + "\n").encode())
-        atomic_write_bytes(folder / SIGNATURE_NAME, (push.signature + "\n").encode())
-        return folder
-
-    def _hand_over(self, push: _Push, installed: InstalledModel, engine: Engine,
-                   timings: dict[str, float]) -> None:
-        try:
-            self._on_ready(installed, engine)
+            self.target.swap_in(installed, warm, reason=f"push {push.push_id} via {push.via}")
         except Exception as exc:
-            log.exception("model receiver: on_ready failed for %s", installed.key)
-            self._finish(push, RESULT_ERROR, f"the agent could not swap the model in: {exc}")
+            log.exception("model receiver: the swap failed for %s", installed.key)
+            if fresh:
+                self.store.remove(installed)
+            result = RESULT_REFUSED if isinstance(exc, Refused) else RESULT_ERROR
+            self._finish(push, result, f"the agent could not swap the model in: {exc}")
             return
-        self.store.activate(installed, reason=f"push {push.push_id} via {push.via}")
         self._finish(push, RESULT_OK, None, timings)
         try:
             self.store.prune()
         except OSError as exc:
             log.warning("model store: prune failed: %s", exc)
+
+    def _verify_and_load(self, push: StagedPush
+                         ) -> tuple[InstalledModel, WarmEngine, dict[str, float], bool]:
+        push.check_complete()
+        folder = push.seal()
+        model_path = push.manifest.model_path(folder)
+        timings: dict[str, float] = {}
+        try:
+            if self.trial_timeout_s is not None:
+                t0 = time.perf_counter()
+                try_in_child(model_path, push.offer.manifest, self.loader.settings,
+                             self.trial_timeout_s)
+                timings["trial_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            warm = self.loader.load(model_path, push.manifest)
+        except EdgeError as exc:
+            raise Refused(str(exc)) from exc
+        fresh = self.store.find(push.manifest) is None
+        try:
+            installed = self.store.install(folder)
+        except (EdgeError, OSError) as exc:
+            raise Refused(f"install failed: {exc}") from exc
+        return installed, warm, {**timings, **warm.timings()}, fresh
 
     # -- endings ----------------------------------------------------------------
 
@@ -389,34 +355,38 @@ class ModelReceiver:
         for push in list(self._pushes.values()):
             if now - push.last_activity >= self.staging_timeout_s:
                 self._finish(push, RESULT_REFUSED,
-                             f"push abandoned: {len(push.received)} of {push.chunks} chunks and "
-                             f"no commit within {self.staging_timeout_s:g} s")
+                             f"push abandoned: {push.received} of {push.offer.chunks} chunks "
+                             f"and no commit within {self.staging_timeout_s:g} s")
 
-    def _drop(self, push: _Push) -> None:
-        push.close()
-        if push.folder is not None:
-            shutil.rmtree(push.folder, ignore_errors=True)
-
-    def _finish(self, push: _Push, result: str, reason: str | None,
-                extra: dict[str, Any] | None = None) -> None:
-        self._pushes.pop(push.push_id, None)
-        self._drop(push)
-        self._finished[push.push_id] = result
+    def _remember(self, push_id: str, result: str) -> None:
+        self._finished[push_id] = result
         while len(self._finished) > FINISHED_MEMORY:
             self._finished.popitem(last=False)
-        self._result(push.push_id, push.manifest_raw, push.via, result, reason, extra)
+
+    def _refuse(self, push_id: str, manifest: Any, via: str, reason: str) -> None:
+        self._remember(push_id, RESULT_REFUSED)
+        self._result(push_id, manifest if isinstance(manifest, dict) else None, via,
+                     RESULT_REFUSED, reason)
+
+    def _finish(self, push: StagedPush, result: str, reason: str | None,
+                timings: dict[str, float] | None = None) -> None:
+        self._pushes.pop(push.push_id, None)
+        push.drop()
+        self._remember(push.push_id, result)
+        self._result(push.push_id, push.offer.manifest, push.via, result, reason, timings)
 
     def _result(self, push_id: str | None, manifest: dict[str, Any] | None, via: str,
-                result: str, reason: str | None, extra: dict[str, Any] | None = None) -> None:
-        manifest = manifest or {}
-        payload = {"push_id": push_id, "device": self.topics.device_id,
-                   "name": manifest.get("name"), "version": manifest.get("version"),
-                   "sha256": manifest.get("sha256"), "result": result, "reason": reason,
-                   "via": via, "ts": time.time(), **(extra or {})}
-        log_fn = log.info if result in (RESULT_OK, RESULT_NOOP) else log.warning
-        log_fn("model push %s (%s %s): %s%s", push_id, payload["name"], payload["version"],
-               result, f": {reason}" if reason else "")
+                result: str, reason: str | None,
+                timings: dict[str, float] | None = None) -> None:
+        active = self.store.active()
+        body = model_result_body(result, device=self.topics.device_id, push_id=push_id,
+                                 model=manifest, reason=reason, via=via,
+                                 active_version=active.manifest.version if active else None,
+                                 timings=timings)
+        log_fn = log.info if result in RESULT_SUCCESS else log.warning
+        log_fn("model push %s (%s %s): %s%s", push_id, body["name"], body["version"], result,
+               f": {reason}" if reason else "")
         try:
-            self._publish(payload)
+            self._publish(body)
         except Exception:
             log.exception("model receiver: publishing the result failed")

@@ -271,6 +271,14 @@ class ModelStore:
                 removed.append(model.key)
         return removed
 
+    def remove(self, installed: InstalledModel) -> None:
+        """Delete an installed version that is not active (a push refused after install)."""
+        with self._lock:
+            if self._read_pointer().get("active") == installed.key:
+                raise DeployError(f"{installed.key} is the active version; not removed")
+            if installed.folder.is_dir():
+                self._discard(installed.folder)
+
     def clean_staging(self, max_age_s: float) -> list[str]:
         """Remove staging folders untouched for ``max_age_s`` seconds (0: all of them)."""
         if not self.staging_dir.is_dir():

@@ -250,7 +250,8 @@ class AgentApp:
                            model={"name": m.name, "version": m.version, "sha256": m.sha256,
                                   "task": m.task},
                            since=self.started_at, runtime=self.runtime_info(), reason=reason,
-                           sources=dict(self._source_states))
+                           sources=dict(self._source_states),
+                           delivery=self.receiver.health() if hasattr(self, "receiver") else None)
 
     def _on_connection(self, connected: bool, reason: str | None) -> None:
         log.info("MQTT %s%s", "connected" if connected else "disconnected",

@@ -150,7 +150,8 @@ def labels_body(result: Result, run_id: str, now: float, mono_now: float) -> dic
 
 def status_body(state: str, *, device: str, groups: list[str], model: dict[str, Any] | None,
                 since: float, runtime: dict[str, Any] | None, reason: str | None,
-                sources: dict[str, str] | None = None) -> dict[str, Any]:
+                sources: dict[str, str] | None = None,
+                delivery: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "state": state,
         "device": device,
@@ -161,6 +162,7 @@ def status_body(state: str, *, device: str, groups: list[str], model: dict[str, 
         "runtime": runtime,
         "delegate": (runtime or {}).get("delegate"),
         "sources": sources or {},
+        "delivery": delivery,
         "reason": reason,
         "ts": round(time.time(), 3),
     }

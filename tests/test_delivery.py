@@ -1,4 +1,5 @@
-"""ModelReceiver against a real Mosquitto, real TFLite models and real signatures."""
+"""Model delivery against a real agent (AgentApp), a real Mosquitto, real TFLite models and real
+signatures: the happy path, refusals with reasons, and what a push leaves on disk."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.models.signing import generate_keypair, load_private_key, sign_manifest
-from agent.models.wire import commit_message, encode_chunk, manifest_message
+from agent.models.signing import generate_keypair, load_private_key
+from agent.models.wire import Target, encode_chunk
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
 from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
-from tests.test_deploy_helpers import AgentHarness, manifest_dict, tiny_tflite, write_bundle
+from tests.test_deploy_helpers import (
+    AgentHarness,
+    manifest_dict,
+    offer_message,
+    raw_push,
+    tiny_tflite,
+    write_bundle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,34 +59,20 @@ def bundle_of(tmp_path: Path, model: bytes, **kw: Any) -> Bundle:
     return load_bundle(write_bundle(folder, model, **kw))
 
 
-def raw_push(session: MqttSession, base: str, push_id: str, raw: dict[str, Any],
-             signature: str, model: bytes, chunk_size: int = 1000) -> None:
-    """Publish a push without the checks ``send_push`` does on the sender's side."""
-    session.publish(f"{base}/manifest", manifest_message(push_id, raw, signature, chunk_size))
-    mids = set()
-    for i, off in enumerate(range(0, len(model), chunk_size)):
-        chunk = encode_chunk(push_id, i, model[off:off + chunk_size])
-        mids.add(session.publish(f"{base}/chunk", chunk))
-    mids.add(session.publish(f"{base}/commit", commit_message(push_id)))
-    session.wait_acked(mids, 10)
-
-
-def test_push_is_verified_loaded_warmed_and_activated(mosquitto, session, agent, key, model,
-                                                      tmp_path) -> None:
-    watcher = Collector(mosquitto.port, "edge/+/model/result")
+def test_push_is_verified_tried_warmed_and_serving_when_ok(session, agent, key, model,
+                                                           tmp_path) -> None:
     send_push(session, "edge/dev1/model", "p1", bundle_of(tmp_path, model), key[0],
               chunk_size=1000)
     result = agent.wait_result("p1")
+    assert agent.serving() == ("tiny", "1")  # ok is sent only once the new model serves
     assert result["result"] == "ok", result
     assert result["device"] == "dev1" and result["version"] == "1" and result["via"] == "device"
-    assert result["invoke_ms"] > 0
-    installed, engine = agent.ready[0]
-    assert engine.input_shape == (1, 8, 8, 1)
-    assert agent.store.active() == installed
-    assert (installed.folder / "manifest.sig").is_file()
-    published = watcher.wait_topic("edge/dev1/model/result")[0].json()
-    assert published["push_id"] == "p1" and published["result"] == "ok"
-    watcher.close()
+    assert result["active_version"] == "1"
+    assert result["invoke_ms"] > 0 and result["trial_ms"] > 0
+    installed = agent.store.active()
+    assert installed.manifest.version == "1"
+    signed = json.loads((installed.folder / "manifest.sig").read_text())
+    assert signed["target"] == {"devices": ["dev1"]} and signed["chunk_size"] == 1000
 
 
 def test_same_version_again_is_a_noop(session, agent, key, model, tmp_path) -> None:
@@ -89,7 +82,7 @@ def test_same_version_again_is_a_noop(session, agent, key, model, tmp_path) -> N
     send_push(session, "edge/dev1/model", "p2", bundle, key[0])
     result = agent.wait_result("p2")
     assert result["result"] == "noop" and "already active" in result["reason"]
-    assert len(agent.ready) == 1
+    assert [r["push_id"] for r in agent.results] == ["p1", "p2"]
 
 
 def test_signature_by_an_untrusted_key_is_refused(session, agent, model, tmp_path) -> None:
@@ -98,53 +91,57 @@ def test_signature_by_an_untrusted_key_is_refused(session, agent, model, tmp_pat
     result = agent.wait_result("p1")
     assert result["result"] == "refused"
     assert "matches none of the 1 trusted key" in result["reason"]
-    assert agent.store.active() is None and agent.ready == []
+    assert agent.serving() == ("tiny", "0") and result["active_version"] == "0"
 
 
 def test_corrupt_chunk_is_refused_by_sha256(session, agent, key, model) -> None:
-    raw = manifest_dict(model)
     bad = bytearray(model)
     bad[len(bad) // 2] ^= 0xFF
-    raw_push(session, "edge/dev1/model", "p1", raw, sign_manifest(raw, key[0]), bytes(bad))
+    raw_push(session, "edge/dev1/model", "p1", offer_message("p1", manifest_dict(model), key[0]),
+             bytes(bad))
     result = agent.wait_result("p1")
     assert result["result"] == "refused" and "sha256 of the received bytes" in result["reason"]
     assert not any(agent.store.staging_dir.iterdir())
 
 
-def test_model_whose_input_differs_from_its_manifest_is_refused(session, agent, key,
-                                                                tmp_path) -> None:
+def test_model_whose_input_differs_from_its_manifest_is_refused(session, agent, key) -> None:
     other = tiny_tflite(side=6)
-    raw = manifest_dict(other, side=8)
-    raw_push(session, "edge/dev1/model", "p1", raw, sign_manifest(raw, key[0]), other)
+    raw_push(session, "edge/dev1/model", "p1",
+             offer_message("p1", manifest_dict(other, side=8), key[0]), other)
     result = agent.wait_result("p1")
     assert result["result"] == "refused"
     assert "input shape [1, 6, 6, 1] != manifest [1, 8, 8, 1]" in result["reason"]
-    assert agent.store.list() == []
+    assert [m.manifest.version for m in agent.store.list()] == ["0"]
 
 
-def test_file_name_leaving_the_model_folder_is_refused(session, agent, key, model) -> None:
-    raw = manifest_dict(model, file="../../evil.tflite")
-    raw_push(session, "edge/dev1/model", "p1", raw, sign_manifest(raw, key[0]), model)
+@pytest.mark.parametrize("name, reason", [
+    ("../../evil.tflite", "plain file name"),
+    ("evil\x00.tflite", "no NUL"),
+    ("e" * 300 + ".tflite", "at most 200 bytes"),
+])
+def test_bad_file_names_are_refused(session, agent, key, model, name, reason) -> None:
+    raw_push(session, "edge/dev1/model", "p1",
+             offer_message("p1", manifest_dict(model, file=name), key[0]), model)
     result = agent.wait_result("p1")
-    assert result["result"] == "refused" and "plain file name" in result["reason"]
-    assert not list(agent.store.root.parent.rglob("evil.tflite"))
+    assert result["result"] == "refused" and reason in result["reason"], result
+    assert not list(agent.store.root.parent.rglob("evil*"))
 
 
 def test_model_over_the_size_limit_is_refused(mosquitto, session, key, model, tmp_path) -> None:
     small = AgentHarness(mosquitto.port, tmp_path / "small", "small", trusted_keys=[key[1]],
-                         max_model_bytes=1000)
+                         max_model_bytes=1024)
     try:
         send_push(session, "edge/small/model", "p1", bundle_of(tmp_path, model), key[0])
         result = small.wait_result("p1")
     finally:
         small.close()
-    assert result["result"] == "refused" and "over this device's limit of 1000" in result["reason"]
+    assert result["result"] == "refused" and "over this device's limit of 1024" in result["reason"]
 
 
 def test_not_a_tflite_file_is_refused(session, agent, key) -> None:
     junk = b"definitely not a flatbuffer" * 50
-    raw = manifest_dict(junk)
-    raw_push(session, "edge/dev1/model", "p1", raw, sign_manifest(raw, key[0]), junk)
+    raw_push(session, "edge/dev1/model", "p1", offer_message("p1", manifest_dict(junk), key[0]),
+             junk)
     result = agent.wait_result("p1")
     assert result["result"] == "refused" and "cannot load this model" in result["reason"]
 
@@ -154,9 +151,8 @@ def test_interrupted_push_is_cleaned_after_timeout(mosquitto, session, key, mode
     h = AgentHarness(mosquitto.port, tmp_path / "d", "d", trusted_keys=[key[1]],
                      staging_timeout_s=0.5)
     try:
-        raw = manifest_dict(model)
-        session.publish("edge/d/model/manifest",
-                        manifest_message("p1", raw, sign_manifest(raw, key[0]), 1000))
+        session.publish("edge/d/model/manifest", offer_message(
+            "p1", manifest_dict(model), key[0], target=Target(devices=("d",))))
         session.publish("edge/d/model/chunk", encode_chunk("p1", 0, model[:1000]))
         result = h.wait_result("p1", timeout=10)
         assert result["result"] == "refused" and "push abandoned: 1 of" in result["reason"]
@@ -171,26 +167,13 @@ def test_group_push_reaches_every_member(mosquitto, session, key, model, tmp_pat
     try:
         send_push(session, "edge/group/lobby/model", "g1", bundle_of(tmp_path, model), key[0])
         results = [a.wait_result("g1") for a in agents]
+        serving = [a.serving() for a in agents]
     finally:
         for a in agents:
             a.close()
     assert [r["result"] for r in results] == ["ok", "ok"]
     assert {r["via"] for r in results} == {"group:lobby"}
-
-
-def test_failed_swap_is_an_error_and_keeps_the_old_model(mosquitto, session, key, model,
-                                                         tmp_path) -> None:
-    def refuse(installed, engine) -> None:
-        raise RuntimeError("pipeline is stopping")
-
-    h = AgentHarness(mosquitto.port, tmp_path / "d", "d", trusted_keys=[key[1]], on_ready=refuse)
-    try:
-        send_push(session, "edge/d/model", "p1", bundle_of(tmp_path, model), key[0])
-        result = h.wait_result("p1")
-    finally:
-        h.close()
-    assert result["result"] == "error" and "pipeline is stopping" in result["reason"]
-    assert h.store.active() is None
+    assert serving == [("tiny", "1"), ("tiny", "1")]
 
 
 def test_malformed_messages_get_reasons_and_do_not_stop_the_receiver(session, agent, key,
@@ -231,12 +214,23 @@ def test_disk_trouble_is_an_error_result_and_the_receiver_keeps_working(session,
 
 def test_duplicate_manifest_mid_push_keeps_the_chunks_received(session, agent, key,
                                                                model) -> None:
-    raw = manifest_dict(model)
-    message = manifest_message("p1", raw, sign_manifest(raw, key[0]), 1000)
+    message = offer_message("p1", manifest_dict(model), key[0])
     session.publish("edge/dev1/model/manifest", message)
-    mids = {session.publish("edge/dev1/model/chunk", encode_chunk("p1", i, model[o:o + 1000]))
-            for i, o in enumerate(range(0, len(model), 1000))}
-    mids.add(session.publish("edge/dev1/model/manifest", message))  # as a QoS 1 resend would
-    mids.add(session.publish("edge/dev1/model/commit", commit_message("p1")))
-    session.wait_acked(mids, 10)
+    raw_push(session, "edge/dev1/model", "p1", None, model, commit=False)
+    session.publish("edge/dev1/model/manifest", message)  # as a QoS 1 resend would
+    raw_push(session, "edge/dev1/model", "p1", None, b"")
     assert agent.wait_result("p1")["result"] == "ok"
+
+
+def test_an_unsigned_manifest_reusing_a_push_id_in_progress_does_not_cancel_it(
+        session, agent, key, model) -> None:
+    session.publish("edge/dev1/model/manifest", offer_message("p1", manifest_dict(model), key[0]))
+    half = len(model) // 2000 * 1000
+    raw_push(session, "edge/dev1/model", "p1", None, model[:half], commit=False)
+    forged = offer_message("p1", manifest_dict(model, version="9"), key[0], signature="AAAA")
+    session.publish("edge/dev1/model/manifest", forged)
+    ignored = agent.wait_result(None)
+    assert "reusing push id p1 (in progress) was ignored" in ignored["reason"]
+    raw_push(session, "edge/dev1/model", "p1", None, model)
+    result = agent.wait_result("p1")
+    assert result["result"] == "ok" and result["version"] == "1", result

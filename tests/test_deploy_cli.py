@@ -92,7 +92,7 @@ def test_push_to_a_device_prints_ok(mosquitto, fleet, bundle, keys, capsys) -> N
     assert lines[1].split()[:3] == ["cam1", "ok", "7"]
     assert "100%" in captured.err
     assert fleet[0].store.active().manifest.version == "7"
-    assert fleet[1].store.active() is None
+    assert fleet[1].store.active().manifest.version == "0"  # still the seed model
 
 
 def test_refusal_exits_non_zero_with_the_reason(mosquitto, fleet, bundle, tmp_path,

@@ -1,7 +1,9 @@
 """Shared helpers for the model store, delivery and deploy tests (no tests here).
 
-Tiny real TFLite models are built once per test session with TensorFlow's converter; an
-agent-side ModelReceiver is wired to a real Mosquitto by ``AgentHarness``.
+Tiny real TFLite models are built once per test session with TensorFlow's converter.
+``AgentHarness`` runs the real agent (``AgentApp``: its MQTT port, receiver, model switch and
+pipeline, a real video as its camera) against a real Mosquitto, and watches its results over
+MQTT the way ``edge-deploy`` does.
 """
 
 from __future__ import annotations
@@ -9,20 +11,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import threading
-from collections.abc import Callable
+import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from agent.app import AgentApp
+from agent.config import parse_config
 from agent.contract import Topics
-from agent.inference.engine import DelegateSpec, Engine
-from agent.models.receiver import ModelReceiver
-from agent.models.store import InstalledModel, ModelStore
+from agent.models.loader import EngineFactory
+from agent.models.store import ModelStore
+from agent.models.wire import Target, commit_message, encode_chunk, manifest_message, signed_body
+from deploy.broker import MqttSession
+from tests.support.agent_proc import digits_video
+from tests.support.mqtt_client import Collector
 
 LABELS = ["a", "b", "c"]
+SEED_VERSION = "0"
 
 
 @functools.cache
@@ -68,58 +72,94 @@ def write_bundle(folder: Path, model: bytes, **kw: Any) -> Path:
 
 
 class AgentHarness:
-    """A ModelReceiver subscribed to a real broker, as the agent's composition root wires it."""
+    """The real agent for one device: it starts serving the tiny model (version ``0``) on a
+    looping digits video, and its ``<base>/model/result`` messages are collected over MQTT."""
 
     def __init__(self, port: int, root: Path, device: str, *, trusted_keys: list[Any],
                  groups: tuple[str, ...] = (), prefix: str = "edge",
                  max_model_bytes: int = 10_000_000, staging_timeout_s: float = 30.0,
-                 on_ready: Callable[[InstalledModel, Engine], None] | None = None) -> None:
+                 engine_factory: EngineFactory | None = None,
+                 seed: Path | None = None, runtime: str = "auto") -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        video = root / "digits.avi"
+        digits_video(video, size=32)
+        manifest = seed or write_bundle(root / "seed", tiny_tflite(), version=SEED_VERSION)
         self.topics = Topics(prefix, device, groups)
-        self.store = ModelStore(root)
-        self.store.recover()
-        self.results: list[dict[str, Any]] = []
-        self.ready: list[tuple[InstalledModel, Engine]] = []
-        self._cond = threading.Condition()
-        self.receiver = ModelReceiver(
-            self.store, self.topics, trusted_keys=trusted_keys, max_model_bytes=max_model_bytes,
-            staging_timeout_s=staging_timeout_s, delegate=DelegateSpec(), num_threads=1,
-            publish_result=self._publish_result, on_ready=on_ready or self._on_ready)
-        self.receiver.start()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"agent-{device}")
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a, **k: self._subscribed.set()
-        self.client.on_message = lambda c, u, msg: self.receiver.handle(msg.topic, msg.payload)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not self._subscribed.wait(5):
-            raise TimeoutError("harness did not subscribe")
+        self.cfg = parse_config({
+            "device": {"id": device, "prefix": prefix, "groups": list(groups)},
+            "mqtt": {"host": "127.0.0.1", "port": port, "keepalive_s": 5,
+                     "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+            "model": {"manifest": str(manifest), "num_threads": 1, "runtime": runtime},
+            "sources": [{"name": "cam", "type": "camera", "uri": str(video), "loop": True,
+                         "realtime": True}],
+            "delivery": {"trusted_keys": [str(k) for k in trusted_keys],
+                         "max_model_bytes": max_model_bytes,
+                         "staging_timeout_s": staging_timeout_s},
+            "state_dir": str(root / "state"),
+        })
+        self.watch = Collector(port, [self.topics.model("result"), self.topics.status,
+                                      f"{self.topics.base}/cmd/+/result"])
+        self.app = AgentApp(self.cfg, engine_factory=engine_factory)
+        self.app.start()
+        self.watch.wait_topic(self.topics.status, timeout=20)  # subscribed before it is sent
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
-        if reason_code.is_failure:
-            return
-        client.subscribe([(f, 1) for f in self.receiver.filters()])
+    @property
+    def store(self) -> ModelStore:
+        return self.app.store
 
-    def _publish_result(self, payload: dict[str, Any]) -> None:
-        self.client.publish(self.topics.model("result"), json.dumps(payload), qos=1)
-        with self._cond:
-            self.results.append(payload)
-            self._cond.notify_all()
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [m.json() for m in self.watch.on_topic(self.topics.model("result"))]
 
-    def _on_ready(self, installed: InstalledModel, engine: Engine) -> None:
-        self.ready.append((installed, engine))
+    def serving(self) -> tuple[str, str]:
+        """Name and version of the model the inference thread uses now."""
+        m = self.app.pipeline.model.manifest
+        return m.name, m.version
 
-    def wait_result(self, push_id: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
-        def match() -> dict[str, Any] | None:
-            return next((r for r in self.results if push_id in (None, r["push_id"])), None)
+    def wait_result(self, push_id: str | None = None, timeout: float = 20.0,
+                    result: str | None = None) -> dict[str, Any]:
+        def match(r: dict[str, Any]) -> bool:
+            return r.get("push_id") == push_id and result in (None, r.get("result"))
 
-        with self._cond:
-            if not self._cond.wait_for(lambda: match() is not None, timeout):
-                raise TimeoutError(f"no result for push {push_id} after {timeout}s: "
-                                   f"{self.results}")
-            return match()  # type: ignore[return-value]
+        self.watch.wait_for(lambda ms: any(match(r) for r in self.results), timeout,
+                            what=f"result of push {push_id}")
+        return next(r for r in self.results if match(r))
+
+    def command(self, name: str, body: dict[str, Any], timeout: float = 20.0) -> dict[str, Any]:
+        """Send ``<base>/cmd/<name>`` and return the agent's reply."""
+        rid = f"{name}-{len(self.watch.messages)}"
+        topic = self.topics.cmd_result(name)
+        self.watch.publish(self.topics.cmd(name), json.dumps({"id": rid, **body}))
+        self.watch.wait_for(lambda ms: any(m.topic == topic and m.json().get("id") == rid
+                                           for m in ms), timeout, what=f"reply to {name}")
+        return next(m.json() for m in self.watch.on_topic(topic) if m.json().get("id") == rid)
 
     def close(self) -> None:
-        self.client.disconnect()  # before loop_stop: the loop then exits at once
-        self.client.loop_stop()
-        self.receiver.stop()
+        self.app.stop()
+        self.watch.close()
+
+
+def offer_message(push_id: str, raw: dict[str, Any], key: Any, *, chunk_size: int = 1000,
+                  target: Target | None = None, expires_in_s: float = 600.0,
+                  rollback: bool = False, **override: Any) -> bytes:
+    """A signed manifest message; ``override`` replaces fields after signing (``signature``)."""
+    body = signed_body(push_id, raw, target or Target(devices=("dev1",)),
+                       time.time() + expires_in_s, chunk_size, rollback)
+    message = json.loads(manifest_message(body, key))
+    message.update(override)
+    return json.dumps(message).encode()
+
+
+def raw_push(session: MqttSession, base: str, push_id: str, manifest: bytes | None,
+             model: bytes, chunk_size: int = 1000, commit: bool = True) -> None:
+    """Publish a manifest message as given, the chunks and the commit, without the checks
+    ``send_push`` makes on the sender's side."""
+    mids = set()
+    if manifest is not None:
+        mids.add(session.publish(f"{base}/manifest", manifest))
+    for i, off in enumerate(range(0, len(model), chunk_size)):
+        mids.add(session.publish(f"{base}/chunk",
+                                 encode_chunk(push_id, i, model[off:off + chunk_size])))
+    if commit:
+        mids.add(session.publish(f"{base}/commit", commit_message(push_id)))
+    session.wait_acked(mids, 10)

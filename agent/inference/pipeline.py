@@ -200,14 +200,22 @@ class Pipeline:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def swap(self, model: LoadedModel, timeout: float = 5.0) -> bool:
-        """Hand a built, warmed model over; True once frames are prepared for it."""
+        """Hand a built, warmed model over; True once frames are prepared for it. On False
+        the swap is withdrawn: the old model keeps serving."""
         self._swap_done.clear()
-        self._pending_swap = model
+        with self._model_lock:
+            self._pending_swap = model
         self.inbox.wake()
         if not self._running():
             self._apply_swap()
             return True
-        return self._swap_done.wait(timeout)
+        if self._swap_done.wait(timeout):
+            return True
+        with self._model_lock:
+            if self._pending_swap is model:
+                self._pending_swap = None
+                return False
+        return True  # taken between the wait and the lock
 
     def _apply_swap(self) -> None:
         with self._model_lock:

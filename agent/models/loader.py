@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.manifest import ModelManifest
 from agent.errors import ModelLoadError
 from agent.inference.engine import DelegateSpec, Engine
 from agent.inference.pipeline import InferenceBackend
+from agent.manifest import ModelManifest
 
 EngineFactory = Callable[[Path, ModelManifest], InferenceBackend]
 WARMUP_RUNS, TIMED_RUNS = 2, 5

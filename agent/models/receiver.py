@@ -26,8 +26,8 @@ from agent.contract import (
     RESULT_SUCCESS,
     Topics,
 )
-from agent.manifest import ModelManifest, parse_manifest
 from agent.errors import DeployError, EdgeError
+from agent.manifest import ModelManifest, parse_manifest
 from agent.models.delivery_queue import DeliveryQueue, Item
 from agent.models.loader import ModelLoader, WarmEngine
 from agent.models.signing import KeySpec, load_trusted_keys
@@ -69,6 +69,7 @@ class ModelReceiver:
                  target: ModelTarget, publish_result: Callable[[dict[str, Any]], None],
                  hold_frames: Callable[[], None] = lambda: None,
                  release_frames: Callable[[], None] = lambda: None,
+                 on_restart: Callable[[], None] = lambda: None,
                  trial_timeout_s: float | None = DEFAULT_TIMEOUT_S,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
@@ -81,7 +82,7 @@ class ModelReceiver:
         self.target = target
         self.trial_timeout_s = trial_timeout_s  # None: no trial (tests with fake engines)
         self._publish = publish_result
-        self._hold, self._release = hold_frames, release_frames
+        self._hold, self._release, self._on_restart = hold_frames, release_frames, on_restart
         self._clock, self._wall = clock, wall_clock
         self._queue = DeliveryQueue()
         self.restarts = 0
@@ -127,6 +128,7 @@ class ModelReceiver:
             self.restarts += 1
             log.error("model receiver: the worker thread had died; restarted (%d)", self.restarts)
             self._start_worker()
+            self._on_restart()
         if self._queue.offer((via, part, bytes(payload))):
             self._idle.clear()  # after put: a race can only leave it clear until the next tick
 

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agent.manifest import ModelManifest
 from agent.files import atomic_write_bytes, sha256_file
+from agent.manifest import ModelManifest
 from agent.models.store import MANIFEST_NAME, SIGNATURE_NAME
 from agent.models.wire import PART_FILE, PushOffer, Refused
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.contract import RESULT_ROLLED_BACK
-from agent.manifest import ModelManifest
 from agent.errors import DeployError, EdgeError
 from agent.inference.pipeline import LoadedModel, build_loaded_model
+from agent.manifest import ModelManifest
 from agent.models.loader import ModelLoader, WarmEngine
 from agent.models.store import InstalledModel, ModelStore
 from agent.models.versions import VersionFloor

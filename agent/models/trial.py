@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.manifest import parse_manifest
 from agent.errors import EdgeError, ModelLoadError
+from agent.manifest import parse_manifest
 from agent.models.loader import EngineSettings, ModelLoader
 
 DEFAULT_TIMEOUT_S = 60.0

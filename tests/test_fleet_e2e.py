@@ -53,7 +53,7 @@ def nan_model(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "nan_cnn.tflite").write_bytes(data)
     raw = json.loads((DATA / "digits_cnn.json").read_text())
-    raw.update(name="nan_cnn", version="1.0.0", file="nan_cnn.tflite", quantize="float32",
+    raw.update(name="nan_cnn", version="3.0.0", file="nan_cnn.tflite", quantize="float32",
                sha256=sha256_file(folder / "nan_cnn.tflite"), size_bytes=len(data))
     raw["input"].update(dtype="float32", quantization=None)
     raw["output"].update(dtype="float32", quantization=None)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent.contract import (
@@ -301,16 +302,37 @@ class ModelReceiver:
                              "commit for a push whose manifest never arrived (agent restarted "
                              "or the push expired); push again")
             return
-        self._hold()
         try:
-            self._commit(push)
+            folder, timings = self._seal_and_try(push)
+        except Refused as exc:
+            self._finish(push, RESULT_REFUSED, str(exc))
+            return
+        self._hold()  # in-process loading competes for the CPU: queue frames, do not drop them
+        try:
+            self._load_and_swap(push, folder, timings)
         finally:
             self._release()  # whatever happened, the inbox hold ends here
 
-    def _commit(self, push: StagedPush) -> None:
+    def _seal_and_try(self, push: StagedPush) -> tuple[Path, dict[str, float]]:
+        """Check the bytes, then load, check and warm them in a child process."""
+        push.check_complete()
+        folder = push.seal()
+        if self.trial_timeout_s is None:
+            return folder, {}
+        t0 = time.perf_counter()
         try:
-            installed, warm, timings, fresh = self._verify_and_load(push)
-        except Refused as exc:
+            try_in_child(push.manifest.model_path(folder), push.offer.manifest,
+                         self.loader.settings, self.trial_timeout_s)
+        except EdgeError as exc:
+            raise Refused(str(exc)) from exc
+        return folder, {"trial_ms": round((time.perf_counter() - t0) * 1000, 1)}
+
+    def _load_and_swap(self, push: StagedPush, folder: Path, timings: dict[str, float]) -> None:
+        try:
+            warm = self.loader.load(push.manifest.model_path(folder), push.manifest)
+            fresh = self.store.find(push.manifest) is None
+            installed = self.store.install(folder)
+        except (EdgeError, OSError) as exc:
             self._finish(push, RESULT_REFUSED, str(exc))
             return
         try:
@@ -322,33 +344,11 @@ class ModelReceiver:
             result = RESULT_REFUSED if isinstance(exc, Refused) else RESULT_ERROR
             self._finish(push, result, f"the agent could not swap the model in: {exc}")
             return
-        self._finish(push, RESULT_OK, None, timings)
+        self._finish(push, RESULT_OK, None, {**timings, **warm.timings()})
         try:
             self.store.prune()
         except OSError as exc:
             log.warning("model store: prune failed: %s", exc)
-
-    def _verify_and_load(self, push: StagedPush
-                         ) -> tuple[InstalledModel, WarmEngine, dict[str, float], bool]:
-        push.check_complete()
-        folder = push.seal()
-        model_path = push.manifest.model_path(folder)
-        timings: dict[str, float] = {}
-        try:
-            if self.trial_timeout_s is not None:
-                t0 = time.perf_counter()
-                try_in_child(model_path, push.offer.manifest, self.loader.settings,
-                             self.trial_timeout_s)
-                timings["trial_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-            warm = self.loader.load(model_path, push.manifest)
-        except EdgeError as exc:
-            raise Refused(str(exc)) from exc
-        fresh = self.store.find(push.manifest) is None
-        try:
-            installed = self.store.install(folder)
-        except (EdgeError, OSError) as exc:
-            raise Refused(f"install failed: {exc}") from exc
-        return installed, warm, {**timings, **warm.timings()}, fresh
 
     # -- endings ----------------------------------------------------------------
 

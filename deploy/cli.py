@@ -20,6 +20,7 @@ from deploy.fleet import DeviceRoster, FleetWatch
 from deploy.progress import ProgressLine, outcome_table
 from deploy.push import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_EXPIRES_IN_S,
     RESULT_OFFLINE,
     Outcome,
     ResultCollector,
@@ -58,6 +59,11 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for a device's (or a wave's) results")
     s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
                    help="bytes per chunk message")
+    s.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_IN_S,
+                   help="seconds the signed push stays valid on the devices")
+    s.add_argument("--rollback", action="store_true",
+                   help="sign as a deliberate downgrade (a device refuses a lower version "
+                   "otherwise; with --device)")
     s.add_argument("--status-wait", type=float, default=5.0,
                    help="at most this many seconds to gather the retained status first")
     s.add_argument("--quiet", action="store_true", help="no progress display on stderr")
@@ -152,7 +158,8 @@ def _push_device(session: MqttSession, args: argparse.Namespace) -> list[Outcome
     progress = ProgressLine(f"{m.name} {m.version}", enabled=not args.quiet)
     return push_and_wait(session, collector, fleet.device(args.device).model_base, {args.device},
                          bundle, key, timeout=args.timeout, chunk_size=args.chunk_size,
-                         progress=progress)
+                         progress=progress, rollback=args.rollback,
+                         expires_in_s=args.expires_in)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

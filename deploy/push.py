@@ -222,8 +222,10 @@ def outcomes(results: dict[str, dict[str, Any]], expected: set[str],
 def push_and_wait(session: MqttSession, collector: ResultCollector, model_base: str,
                   expected: set[str], bundle: Bundle, key: Ed25519PrivateKey, *,
                   timeout: float, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                  progress: Progress | None = None) -> list[Outcome]:
+                  progress: Progress | None = None, rollback: bool = False,
+                  expires_in_s: float = DEFAULT_EXPIRES_IN_S) -> list[Outcome]:
     push_id = new_push_id()
-    send_push(session, model_base, push_id, bundle, key, chunk_size, progress)
+    send_push(session, model_base, push_id, bundle, key, chunk_size, progress,
+              rollback=rollback, expires_in_s=expires_in_s)
     results = collector.wait(push_id, expected, timeout)
     return outcomes(results, expected, timeout)

@@ -76,6 +76,7 @@ def test_nested_json_on_every_model_topic_is_refused_and_delivery_goes_on(sessio
     assert agent.app.receiver.health()["worker"] == "running"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_worker_is_restarted_and_shown_in_status(session, agent, key, model,
                                                         monkeypatch) -> None:
     receiver = agent.app.receiver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ from agent.models.signing import (
     load_trusted_keys,
     sign_manifest,
     verify_manifest,
+)
+from agent.models.wire import (
+    PushOffer,
+    Refused,
+    Target,
+    check_layout,
+    manifest_message,
+    parse_offer,
+    signed_body,
+    target_of,
+    verify_offer,
 )
 
 MANIFEST = {"name": "m", "version": "1", "sha256": "ab" * 32, "input": {"shape": [1, 2]}}
@@ -92,3 +104,57 @@ def test_key_file_errors_name_the_problem(tmp_path: Path) -> None:
         load_trusted_keys([base64.b64encode(b"short").decode()])
     with pytest.raises(KeyFileError, match="neither an existing key file nor a key"):
         load_public_key("/etc/edge-agent/missing.pub")
+
+
+# --------------------------------------------------------------------------- signed offers
+
+OFFER_MANIFEST = {"name": "m", "version": "2", "sha256": "ab" * 32, "size_bytes": 5000}
+
+
+def offer(key: Ed25519PrivateKey, **fields) -> PushOffer:
+    body = signed_body("p1", OFFER_MANIFEST, Target(devices=("cam1",)), 2e9, 1000)
+    data = json.loads(manifest_message(body, key))
+    data.update(fields)
+    return parse_offer(data)
+
+
+def test_an_offer_verifies_for_its_target_until_it_expires() -> None:
+    key = Ed25519PrivateKey.generate()
+    o = offer(key)
+    assert o.chunks == 5 and o.target == Target(devices=("cam1",))
+    assert verify_offer(o, [key.public_key()], device_id="cam1", groups=(), now=1e9)
+    with pytest.raises(Refused, match="not for this device"):
+        verify_offer(o, [key.public_key()], device_id="cam2", groups=("cam1",), now=1e9)
+    with pytest.raises(Refused, match="expired"):
+        verify_offer(o, [key.public_key()], device_id="cam1", groups=(), now=3e9)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("chunk_size", True, "chunk_size must be a positive integer"),
+    ("chunk_size", 0, "chunk_size must be a positive integer"),
+    ("expires", 10 ** 400, "expires must be a Unix time"),
+    ("expires", "soon", "expires must be a Unix time"),
+    ("target", {"devices": "cam1"}, "target must be"),
+    ("target", {"group": "g", "devices": []}, "target must be"),
+    ("rollback", "yes", "rollback must be true or false"),
+    ("signature", None, "no signature"),
+    ("manifest", [1], "no 'manifest' object"),
+    ("push_id", "p1\n", "must match"),
+])
+def test_malformed_offers_are_refused_by_field(field, value, message) -> None:
+    with pytest.raises(Refused, match=message):
+        offer(Ed25519PrivateKey.generate(), **{field: value})
+
+
+def test_chunk_count_is_bounded_by_the_layout_check() -> None:
+    o = offer(Ed25519PrivateKey.generate(), chunk_size=1,
+              manifest={**OFFER_MANIFEST, "size_bytes": 8_000_000})
+    with pytest.raises(Refused, match="over the limit of 65536"):
+        check_layout(o, max_model_bytes=10_000_000)
+    check_layout(offer(Ed25519PrivateKey.generate()), max_model_bytes=10_000_000)
+
+
+def test_target_of_a_model_base() -> None:
+    assert target_of("edge/cam1/model") == Target(devices=("cam1",))
+    assert target_of("a/b/group/lobby/model") == Target(group="lobby")
+    assert target_of("edge/group/model") == Target(devices=("group",))

@@ -12,6 +12,7 @@ import pytest
 
 from agent.errors import DeployError
 from agent.models.store import MANIFEST_NAME, InstalledModel, ModelStore, folder_name
+from agent.models.versions import VersionFloor, version_key
 from tests.test_deploy_helpers import write_bundle
 
 
@@ -200,3 +201,40 @@ def test_choose_at_start_cleans_up_what_a_crash_left(store: ModelStore, tmp_path
     (leftover / "part").write_bytes(b"x")
     store.choose_at_start(cfg1)
     assert not leftover.exists()
+
+
+# --------------------------------------------------------------------------- version order
+
+
+@pytest.mark.parametrize("low, high", [
+    ("1.9", "1.10"), ("1.10", "2"), ("2", "2.0.1"), ("1.5", "2.0.0"), ("v2", "v10"),
+    ("1.0a", "1.0.1"), ("9", "10"),
+])
+def test_versions_compare_naturally(low: str, high: str) -> None:
+    assert version_key(low) < version_key(high)
+
+
+def test_the_version_floor_persists_and_only_rises(tmp_path: Path) -> None:
+    floor = VersionFloor(tmp_path)
+    assert floor.get() is None
+    floor.note("3")
+    floor.note("2")
+    assert VersionFloor(tmp_path).get() == "3"
+    floor.check("3", rollback=False, others=[])
+    floor.check("1", rollback=True, others=[])
+    with pytest.raises(ValueError, match="lower than 3"):
+        floor.check("2.9", rollback=False, others=["1"])
+    with pytest.raises(ValueError, match="lower than 4"):
+        floor.check("3.5", rollback=False, others=["4"])
+    (tmp_path / "highest_version.json").write_text("{broken")
+    assert VersionFloor(tmp_path).get() is None  # the installed versions still set the floor
+
+
+def test_remove_deletes_an_inactive_version_and_refuses_the_active(store: ModelStore,
+                                                                   tmp_path: Path) -> None:
+    v1 = install_active(store, tmp_path, "1")
+    v2 = store.install(stage(store, tmp_path, "2"))
+    store.remove(v2)
+    assert [m.key for m in store.list()] == [v1.key]
+    with pytest.raises(DeployError, match="is the active version"):
+        store.remove(v1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,13 @@ class EngineSettings:
     num_threads: int = 1
 
     def as_dict(self) -> dict[str, Any]:
-        d = self.delegate
+        """JSON-able, for the trial child (``from_dict`` reads it back)."""
         return {"runtime": self.runtime, "num_threads": self.num_threads,
-                "delegate": {"kind": d.kind, "library": d.library, "options": dict(d.options),
-                             "fallback": d.fallback}}
+                "delegate": asdict(self.delegate)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EngineSettings:
-        d = raw["delegate"]
-        return cls(raw["runtime"], DelegateSpec(d["kind"], d["library"], dict(d["options"]),
-                                                d["fallback"]), int(raw["num_threads"]))
+        return cls(raw["runtime"], DelegateSpec(**raw["delegate"]), int(raw["num_threads"]))
 
 
 @dataclass(frozen=True)

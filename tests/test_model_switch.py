@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.contract import ModelManifest
 from agent.inference.engine import Engine
+from agent.manifest import ModelManifest
 from agent.models.signing import generate_keypair, load_private_key
 from deploy.broker import MqttSession
 from tests.support.broker import Mosquitto

@@ -115,3 +115,31 @@ def test_metrics_port_in_use_is_a_clear_start_error(tmp_path, scraped) -> None: 
         assert f"metrics: cannot listen on 127.0.0.1:{port}" in agent.log()
     finally:
         broker.stop()
+
+
+def test_labels_lost_counts_what_the_outbox_drops(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker = Mosquitto(tmp_path / "broker").start()
+    video = tmp_path / "digits.avi"
+    digits_video(video)
+    port = free_port()
+    path = agent_config(tmp_path, broker.port, [{"name": "cam", "type": "camera",
+                                                 "uri": str(video), "loop": True,
+                                                 "realtime": True}],
+                        device="dev3", metrics={"enabled": True, "port": port},
+                        outbox={"max_messages": 10})
+    sub = Collector(broker.port, ["edge/dev3/labels"])
+    agent = AgentProcess(path)
+    try:
+        sub.wait_topic("edge/dev3/labels", count=3, timeout=30)
+        sub.close()
+        broker.stop()  # labels now wait in an outbox of 10: the oldest are dropped
+        deadline = time.monotonic() + 30
+        while (lost := value(families := scrape(port), "edge_agent_labels_lost")) < 5:
+            assert time.monotonic() < deadline, "no labels counted as lost"
+            time.sleep(0.2)
+        assert value(families, "edge_agent_outbox_dropped") == lost
+        assert value(families, "edge_agent_mqtt_connected") == 0
+        assert 5 <= value(families, "edge_agent_outbox_depth") <= 10
+    finally:
+        agent.kill()
+        broker.stop()  # idempotent

@@ -3,8 +3,8 @@
 A load generator, never a substitute for the real agent in tests. Each device speaks the
 device side of the contract with the agent's own modules: topics from ``agent.contract``,
 status from ``agent.payloads``, labels through ``agent.payloads.labels_payload``, and the
-model-delivery receive path through ``agent.models.wire`` (chunk decoding, push ids) and
-``agent.models.signing`` (the Ed25519 check against trusted keys) with the sha256 check of
+model-delivery receive path through ``agent.models.wire`` (chunk decoding, push ids, and
+``parse_offer`` / ``verify_offer``: the signature, target and expiry) with the sha256 check of
 the whole file. It keeps a retained status with a last will, publishes labels at a set rate
 and a retained stats message, and reconnects with the agent's backoff (doubling, with jitter).
 """
@@ -26,14 +26,15 @@ import aiomqtt
 from agent.contract import STATE_OFFLINE, STATE_ONLINE, Topics
 from agent.errors import EdgeError
 from agent.manifest import parse_manifest
-from agent.models.signing import verify_manifest
 from agent.models.wire import (
     RESULT_NOOP,
     RESULT_OK,
     RESULT_REFUSED,
     decode_chunk,
     json_object,
+    parse_offer,
     push_id_of,
+    verify_offer,
 )
 from agent.payloads import encode, labels_payload, status_body
 from agent.records import LabelScore, Result
@@ -170,12 +171,11 @@ class SimDevice:
     def on_part(self, part: str, payload: bytes) -> tuple[str | None, str, str | None] | None:
         """One model-delivery message; a (push id, result, reason) when the push is done."""
         if part == "manifest":
-            data = json_object(payload, "manifest")
-            push_id = push_id_of(data)
-            manifest = data.get("manifest")
-            verify_manifest(manifest, data.get("signature"), self.opts.trusted)  # type: ignore[arg-type]
-            parse_manifest(manifest, origin=f"push {push_id}")
-            self._pushes = {push_id: _Push(push_id, manifest, int(data.get("chunks", 0)))}
+            offer = parse_offer(json_object(payload, "manifest"))
+            verify_offer(offer, self.opts.trusted, device_id=self.topics.device_id,
+                         groups=self.topics.groups, now=time.time())
+            parse_manifest(offer.manifest, origin=f"push {offer.push_id}")
+            self._pushes = {offer.push_id: _Push(offer.push_id, offer.manifest, offer.chunks)}
             return None
         if part == "chunk":
             push_id, index, data = decode_chunk(payload)

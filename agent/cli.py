@@ -64,6 +64,10 @@ def run(path: Path, log_level: str | None) -> int:
     except EdgeError as exc:
         logging.getLogger("agent").error("cannot start: %s", exc)
         return 1
+    except OSError as exc:  # the disk refused what start needs (edge-agent check-config tells)
+        logging.getLogger("agent").error("cannot start: %s (run edge-agent check-config %s)",
+                                         exc, path)
+        return 1
     stop.wait()
     app.stop()
     return 0

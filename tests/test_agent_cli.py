@@ -155,3 +155,14 @@ def test_check_config_unquoted_protocol_reads_like_what_was_typed(tmp_path: Path
     code, out = _check(path, capsys)
     assert code == 2
     assert 'mqtt.protocol: 5: a number here; write it as a string: protocol: "5"' in out, out
+
+
+def test_run_on_a_read_only_state_dir_says_why_without_a_traceback(
+        tmp_path: Path, read_only_dir: Path) -> None:
+    path = _config(tmp_path, state_dir=str(read_only_dir / "state"),
+                   **{"mqtt.port": 1, "device.id": "ro1"})
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "cannot start: [Errno 30] Read-only file system" in out.stderr
+    assert "Traceback" not in out.stderr and "check-config" in out.stderr

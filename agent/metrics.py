@@ -84,11 +84,18 @@ class _StageCollector(Collector):
                        "min_interval_ms (by design, not lost)", src.suppressed())
         yield _counter("outbox_dropped", "messages the outbox dropped (full or too old)",
                        outbox_dropped)
+        yield _counter("outbox_memory_dropped", "the part of outbox_dropped lost to the memory "
+                       "queue's bound while the disk refused", port.get("outbox_memory_dropped")
+                       or 0)
         yield _counter("outbox_set_aside", "messages moved to the outbox's dead letters",
                        set_aside)
         yield _counter("mqtt_reconnects", "MQTT reconnections since start",
                        port.get("reconnects") or 0)
         yield _gauge("outbox_depth", "messages waiting in the outbox", port.get("outbox_depth"))
+        durable = port.get("outbox_durable")
+        yield _gauge("outbox_durable", "1 while the outbox writes to disk, 0 while it holds "
+                     "results in memory (the disk refused)", None if durable is None
+                     else int(bool(durable)))
         yield _gauge("mqtt_connected", "1 while connected to the broker",
                      1 if port.get("connected") else 0)
         yield _gauge("paused", "1 while paused by command", 1 if pl.paused else 0)

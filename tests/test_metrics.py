@@ -77,6 +77,8 @@ def test_counters_follow_the_agent(scraped) -> None:  # type: ignore[no-untyped-
     assert {"stale", "skipped", "frame_error", "paused"} <= reasons
     assert value(second, "edge_agent_labels_lost") == 0
     assert value(second, "edge_agent_outbox_dropped") == 0
+    assert value(second, "edge_agent_outbox_memory_dropped") == 0
+    assert value(second, "edge_agent_outbox_durable") == 1
     assert second["edge_agent_outbox_depth"].type == "gauge"
     assert value(second, "edge_agent_uptime_seconds") > 0
     assert value(second, "edge_agent_mqtt_connected") == 1

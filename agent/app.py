@@ -218,7 +218,8 @@ class AgentApp:
         cfg = self.cfg
         if cfg.homeassistant.enabled:
             self._result_taps.append(SummaryPublisher(
-                self.topics, self.port.publish, cfg.homeassistant.state_interval_s))
+                self.topics, self.port.publish, cfg.homeassistant.state_interval_s,
+                cameras=self._camera_names()))
         if cfg.metrics.enabled:
             self.metrics = AgentMetrics(cfg.metrics, MetricSources(
                 self.pipeline, self.port.stats, lambda: self.active_model.manifest,
@@ -258,8 +259,12 @@ class AgentApp:
                  f": {reason}" if reason else "")
         ha = self.cfg.homeassistant
         if connected and ha.enabled:
-            for topic, payload in discovery_messages(self.topics, ha.discovery_prefix):
+            for topic, payload in discovery_messages(self.topics, ha.discovery_prefix,
+                                                     self._camera_names()):
                 self.port.publish(topic, payload, qos=1, retain=True)
+
+    def _camera_names(self) -> list[str]:
+        return [s.name for s in self.cfg.sources if isinstance(s, CameraSourceConfig)]
 
     def _on_source_state(self, name: str, state: str, reason: str | None) -> None:
         self._source_states[name] = state

@@ -61,11 +61,9 @@ class Topics:
     def snapshot(self) -> str:
         return f"{self.base}/snapshot"
 
-    @property
-    def summary(self) -> str:
-        """Low-rate, retained top label for dashboards (Home Assistant); ``labels`` is for
-        machines."""
-        return f"{self.base}/summary"
+    def summary(self, camera: str | None = None) -> str:
+        """Low-rate, retained top label for dashboards (Home Assistant), per camera."""
+        return f"{self.base}/summary/{camera}" if camera else f"{self.base}/summary"
 
     def inputs(self, stream: str) -> str:
         return f"{self.base}/in/{stream}"

@@ -199,15 +199,15 @@ def test_home_assistant_discovery_reads_the_low_rate_summary(running) -> None:  
                                           for m in ms) >= 2, timeout=10, what="discovery")
     by_key = {m.topic.split("/")[-2]: m.json() for m in configs
               if m.topic.startswith("homeassistant/")}
-    assert set(by_key) == {"top_label", "top_score"}
-    assert by_key["top_label"]["state_topic"] == f"{BASE}/summary"
-    assert by_key["top_score"]["state_topic"] == f"{BASE}/summary"
-    assert by_key["top_label"]["availability_topic"] == f"{BASE}/status"
-    assert "'paused'" in by_key["top_label"]["availability_template"]
-    assert by_key["top_score"]["unique_id"] == "edge_dev1_top_score"
+    assert set(by_key) == {"top_label_cam", "top_score_cam"}
+    assert by_key["top_label_cam"]["state_topic"] == f"{BASE}/summary/cam"
+    assert by_key["top_score_cam"]["state_topic"] == f"{BASE}/summary/cam"
+    assert by_key["top_label_cam"]["availability_topic"] == f"{BASE}/status"
+    assert "'paused'" in by_key["top_label_cam"]["availability_template"]
+    assert by_key["top_score_cam"]["unique_id"] == "edge_dev1_top_score_cam"
     n_labels = len(sub.on_topic(f"{BASE}/labels"))
     sub.wait_topic(f"{BASE}/labels", count=n_labels + 60, timeout=20)
-    summaries = sub.wait_topic(f"{BASE}/summary", count=2, timeout=10)
+    summaries = sub.wait_topic(f"{BASE}/summary/cam", count=2, timeout=10)
     # the video changes digit every frame; the agent publishes a summary at most every 0.5 s
     # since it started, whatever the load: a bound from the clock, not a timing assertion
     span = summaries[-1].ts - agent.started_wall

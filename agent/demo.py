@@ -31,16 +31,16 @@ FRAME_SIZE = 112
 DEMO_FPS = 10.0
 
 
-def write_digits_video(path: Path, fps: float = DEMO_FPS) -> list[str]:
-    """One frame per held-out digit, upscaled; returns the true label of each frame."""
+def write_digits_video(path: Path, fps: float = DEMO_FPS, size: int = FRAME_SIZE) -> list[str]:
+    """One frame per held-out digit, upscaled to ``size`` square, as a real MJPG video (the
+    demo's camera, and the tests' and benchmarks'); returns the true label of each frame."""
     sample = np.load(DATA / "digits_sample.npz")
     images, truth = sample["x"], sample["y"]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
-                             (FRAME_SIZE, FRAME_SIZE))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
     for img in images:
-        big = cv2.resize(img, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_LINEAR)
+        big = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
         writer.write(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
     writer.release()
     return [str(int(y)) for y in truth]

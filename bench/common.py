@@ -74,7 +74,7 @@ def timed_loop(fn: Any, seconds: float, min_calls: int = 5) -> tuple[int, float]
 def broker(workdir: Path | None = None) -> Iterator[Any]:
     """A real Mosquitto on a free loopback port (the test suite's helper)."""
     sys.path.insert(0, str(REPO))
-    from tests.support.broker import Mosquitto
+    from bench.support.broker import Mosquitto
 
     with contextlib.ExitStack() as stack:
         if workdir is None:

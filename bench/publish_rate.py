@@ -25,7 +25,7 @@ from agent.config import MqttConfig
 from agent.contract import Topics
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import MqttPort
-from tests.support.broker import Mosquitto
+from bench.support.broker import Mosquitto
 
 TOPICS = Topics("bench", "dev1")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.models.signing import generate_keypair, load_private_key
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
 from deploy.push import load_bundle, send_push
-from tests.support.broker import Mosquitto
 from tests.test_deploy_helpers import AgentHarness, write_bundle
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from agent.demo import write_digits_video
 from agent.models.signing import generate_keypair
-from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 LOOP = 200
 
@@ -45,7 +46,7 @@ def measure(pushes: int) -> list[dict[str, float]]:
     broker = Mosquitto(tmp / "broker").start()
     keys = generate_keypair(tmp / "keys")
     video = tmp / "d.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     cfg = agent_config(tmp, broker.port, [{"name": "cam", "type": "camera", "uri": str(video),
                                            "loop": True, "realtime": True}])
     raw = yaml.safe_load(cfg.read_text())

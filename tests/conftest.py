@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Mosquitto
+from bench.support.broker import Mosquitto
 from tests.support.certs import Certs, add_password, make_certs
 from tests.support.reference_models import ReferenceModel, reference_model
 

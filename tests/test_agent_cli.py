@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agent.cli import build_parser, check_config
-from tests.support.agent_proc import DATA
+from bench.support.agent_proc import DATA
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_proc import DATA
-from tests.support.broker import Mosquitto
+from bench.support.agent_proc import DATA
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 from tests.support.disk import SmallFilesystem, disk_faults_available, set_immutable
-from tests.support.mqtt_client import Collector
 from tests.test_agent_faults import LABELS, assert_complete_in_order, looping_agent, seqs_by_run
 
 pytestmark = [

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.demo import write_digits_video
 from agent.inference.engine import Engine
 from agent.manifest import load_manifest
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -28,7 +29,7 @@ def labels(collector: Collector, topic: str) -> list[dict]:
 def test_digits_video_labels_in_order_and_accurate(tmp_path: Path,
                                                    mosquitto: Mosquitto) -> None:
     video = tmp_path / "digits.avi"
-    truth = digits_video(video)
+    truth = write_digits_video(video, fps=30)
     # at full speed a file waits for each frame to be taken, so none is overwritten however
     # loaded the machine is (in real time a busy machine drops frames, as it should)
     cfg = agent_config(tmp_path, mosquitto.port, [
@@ -74,7 +75,7 @@ def test_digits_video_labels_in_order_and_accurate(tmp_path: Path,
 def test_sigkill_makes_the_broker_publish_offline(tmp_path: Path,
                                                   mosquitto: Mosquitto) -> None:
     video = tmp_path / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     cfg = agent_config(tmp_path, mosquitto.port, [
         {"name": "digits", "type": "camera", "uri": str(video), "loop": True,
          "realtime": True}])

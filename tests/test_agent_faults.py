@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
+from agent.demo import write_digits_video
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 from tests.support.mjpeg_server import MjpegServer
-from tests.support.mqtt_client import Collector
 from tests.support.videos import numbered_frames
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
@@ -43,7 +44,7 @@ def assert_complete_in_order(seqs: list[int]) -> None:
 
 def looping_agent(tmp_path: Path, port: int, **sections: object) -> AgentProcess:
     video = tmp_path / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     cfg = agent_config(tmp_path, port, [{"name": "cam", "type": "camera", "uri": str(video),
                                          "loop": True, "realtime": True}], **sections)
     return AgentProcess(cfg)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from agent.contract import StatsRecord
-from tests.support.agent_proc import DATA, AgentProcess, agent_config
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 from tests.support.videos import write_numbered_video
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
+from agent.demo import write_digits_video
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
 from tests.support.certs import Certs
 from tests.test_mqtt_tls import Reader
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
 
 def tls_agent(tmp_path: Path, broker: Mosquitto, certs: Certs, **mqtt: object) -> Path:
     video = tmp_path / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     path = agent_config(tmp_path, broker.port, [{"name": "cam", "type": "camera",
                                                  "uri": str(video), "loop": True,
                                                  "realtime": True}])

@@ -14,9 +14,10 @@ import pytest
 
 from agent.app import AgentApp
 from agent.config import load_config
+from agent.demo import write_digits_video
 from agent.health import SystemdNotifier
-from tests.support.agent_proc import DATA, agent_config, digits_video
-from tests.support.broker import Mosquitto
+from bench.support.agent_proc import DATA, agent_config
+from bench.support.broker import Mosquitto
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -58,7 +59,7 @@ def read_until(sock: socket.socket, wanted: bytes, deadline_s: float) -> list[by
 
 def test_watchdog_stops_when_inference_hangs(tmp_path: Path, mosquitto: Mosquitto) -> None:
     video = tmp_path / "d.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     cfg = load_config(agent_config(tmp_path, mosquitto.port, [
         {"name": "cam", "type": "camera", "uri": str(video), "loop": True, "realtime": True}],
         health={"stall_s": 0.6}))

@@ -19,9 +19,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from agent.demo import write_digits_video
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -33,7 +34,7 @@ def running(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     tmp = tmp_path_factory.mktemp("commands")
     broker = Mosquitto(tmp / "broker").start()
     video = tmp / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     path = agent_config(tmp, broker.port, [{"name": "cam", "type": "camera", "uri": str(video),
                                             "loop": True, "realtime": True}])
     raw = yaml.safe_load(path.read_text())

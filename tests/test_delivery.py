@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.models.signing import generate_keypair, load_private_key
 from agent.models.wire import Target, encode_chunk
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
-from tests.support.broker import Mosquitto
 from tests.test_deploy_helpers import (
     AgentHarness,
     manifest_dict,

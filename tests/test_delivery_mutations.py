@@ -16,8 +16,8 @@ from agent.errors import ModelLoadError
 from agent.models.loader import EngineSettings
 from agent.models.signing import generate_keypair, load_private_key
 from agent.models.trial import try_in_child
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
-from tests.support.broker import Mosquitto
 from tests.test_deploy_helpers import (
     AgentHarness,
     manifest_dict,

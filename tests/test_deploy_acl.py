@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
-from tests.support.broker import Mosquitto
 
 ACL = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto.acl"
 USERS = ("cam-lobby-1", "cam-lobby-2", "deployer")

@@ -18,12 +18,12 @@ from typing import Any
 from agent.app import AgentApp
 from agent.config import parse_config
 from agent.contract import Topics
+from agent.demo import write_digits_video
 from agent.models.loader import EngineFactory
 from agent.models.store import ModelStore
 from agent.models.wire import Target, commit_message, encode_chunk, manifest_message, signed_body
+from bench.support.mqtt_client import Collector
 from deploy.broker import MqttSession
-from tests.support.agent_proc import digits_video
-from tests.support.mqtt_client import Collector
 
 LABELS = ["a", "b", "c"]
 SEED_VERSION = "0"
@@ -82,7 +82,7 @@ class AgentHarness:
                  seed: Path | None = None, runtime: str = "auto") -> None:
         root.mkdir(parents=True, exist_ok=True)
         video = root / "digits.avi"
-        digits_video(video, size=32)
+        write_digits_video(video, fps=30, size=32)
         manifest = seed or write_bundle(root / "seed", tiny_tflite(), version=SEED_VERSION)
         self.topics = Topics(prefix, device, groups)
         self.cfg = parse_config({

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.models.signing import generate_keypair
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
 from deploy.cli import main
-from tests.support.broker import Mosquitto
 from tests.test_deploy_cli import retain_status
 from tests.test_deploy_helpers import AgentHarness, tiny_tflite, write_bundle
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.demo import write_digits_video
 from agent.models.signing import generate_keypair
-from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 from tests.test_fleet_e2e import model_variant, nan_model
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
@@ -34,7 +35,7 @@ class RolloutFleet:
         self.broker = Mosquitto(tmp / "broker").start()
         self.keys = generate_keypair(tmp / "keys")
         video = tmp / "digits.avi"
-        digits_video(video)
+        write_digits_video(video, fps=30)
         self.sub = Collector(self.broker.port, ["edge/+/status", "edge/+/model/+",
                                                 "edge/group/+/model/manifest"])
         self.agents = [AgentProcess(self._config(d, video)) for d in GROUPS]

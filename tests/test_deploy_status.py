@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
 from deploy.cli import main
 from deploy.status_view import parse_duration
-from tests.support.broker import Mosquitto
 
 # device: (state, model version, seconds since last heard, fps)
 DEVICES = {

@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 
+from agent.demo import write_digits_video
 from agent.files import sha256_file
 from agent.manifest import load_manifest
 from agent.models.signing import generate_keypair, load_private_key
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
-from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -67,7 +68,7 @@ class Fleet:
         self.broker = Mosquitto(tmp / "broker").start()
         self.keys = generate_keypair(tmp / "keys")
         video = tmp / "digits.avi"
-        digits_video(video)
+        write_digits_video(video, fps=30)
         self.sub = Collector(self.broker.port, ["edge/#"])
         self.agents = [AgentProcess(self._config(d, video)) for d in DEVICES]
         for d in DEVICES:

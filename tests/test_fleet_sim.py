@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.models.signing import generate_keypair, load_public_key
-from tests.support.broker import Mosquitto
+from bench.support.broker import Mosquitto
 from tests.test_deploy_helpers import tiny_tflite, write_bundle
 
 aiomqtt = pytest.importorskip("aiomqtt")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agent.demo import write_digits_video
 from agent.errors import DelegateError
 from agent.inference.engine import DelegateSpec, Engine
 from agent.inference.gpu import CompiledGpuModel
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -66,7 +67,7 @@ def test_compiled_model_path_gives_the_interpreter_outputs() -> None:
 def test_agent_with_gpu_delegate_runs_on_xnnpack_and_status_says_so(tmp_path, gpu_engine) -> None:  # type: ignore[no-untyped-def]
     broker = Mosquitto(tmp_path / "broker").start()
     video = tmp_path / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     sources = [{"name": "cam", "type": "camera", "uri": str(video), "loop": True}]
     sub = Collector(broker.port, ["edge/#"])
     try:

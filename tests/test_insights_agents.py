@@ -9,14 +9,14 @@ import pytest
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
+from bench.support.agent_proc import AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector as WireTap
 from deploy.connection import BrokerOptions
 from insights.collector import Collector, CollectorOptions
 from insights.lake import Lake
 from insights.videos import VideoPlan, write_digits_video
-from tests.support.agent_proc import AgentProcess, agent_config
-from tests.support.broker import Mosquitto
 from tests.support.insights_fleet import lake_rows, wait_until
-from tests.support.mqtt_client import Collector as WireTap
 
 FRAMES = 120
 

@@ -17,12 +17,12 @@ pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
 from agent.errors import DeployError
+from bench.support.broker import Mosquitto
 from deploy.connection import BrokerOptions
 from insights.cli import main
 from insights.lake import Lake
 from insights.schema import LABELS, arrow_table, route, to_row
 from insights.synthetic import FleetPlan, generate, payloads
-from tests.support.broker import Mosquitto
 from tests.support.insights_fleet import CollectorProcess, lake_value, wait_until
 
 UNIT = Path(__file__).resolve().parents[1] / "deploy" / "edge-insights.service"

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
+from bench.support.broker import Mosquitto
 from deploy.connection import BrokerOptions
 from insights.collector import Collector, CollectorOptions
 from insights.lake import Lake
 from insights.synthetic import FleetPlan, generate, payloads
-from tests.support.broker import Mosquitto
 from tests.support.insights_fleet import (
     AckedPublisher,
     CollectorProcess,

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("duckdb")
 pytest.importorskip("pyarrow")
 
+from bench.support.agent_proc import REPO
 from insights.engines import DuckDBEngine
 from insights.html import write_html
 from insights.lake import Lake
@@ -21,7 +22,6 @@ from insights.queries import Scope
 from insights.report import ReportOptions, build_report
 from insights.schema import LABELS
 from insights.synthetic import Drift, FleetPlan, ModelChange, generate
-from tests.support.agent_proc import REPO
 
 T0 = 1_780_000_000.0
 PLAN = FleetPlan(devices=3, seconds=3600, rate_hz=1.0, start_ts=T0, seed=5,

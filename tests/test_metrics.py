@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.agent_proc import DATA, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto, free_port, wait_for_port
-from tests.support.mqtt_client import Collector
+from agent.demo import write_digits_video
+from bench.support.agent_proc import DATA, AgentProcess, agent_config
+from bench.support.broker import Mosquitto, free_port, wait_for_port
+from bench.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -25,7 +26,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Col
     tmp = tmp_path_factory.mktemp("metrics")
     broker = Mosquitto(tmp / "broker").start()
     video = tmp / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     port = free_port()
     path = agent_config(tmp, broker.port, [{"name": "cam", "type": "camera", "uri": str(video),
                                             "loop": True, "realtime": True}],

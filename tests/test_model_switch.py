@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.inference.engine import Engine
 from agent.manifest import ModelManifest
 from agent.models.signing import generate_keypair, load_private_key
+from bench.support.broker import Mosquitto
 from deploy.broker import MqttSession
-from tests.support.broker import Mosquitto
 from tests.test_deploy_helpers import (
     LABELS,
     AgentHarness,

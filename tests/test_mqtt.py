@@ -26,8 +26,8 @@ from agent.contract import Topics
 from agent.mqtt.options import INBOX_LIMITS, InboundKind, InboxLimit
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import InboundMessage, MqttPort
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = Topics("edge", "dev1")

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import OutboxConfig
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import MqttPort
-from tests.support.broker import Mosquitto
+from bench.support.broker import Mosquitto
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_mqtt import (
     TOPICS,

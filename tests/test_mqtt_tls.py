@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.errors import ConfigError
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.port import MqttPort
-from tests.support.broker import Mosquitto
+from bench.support.broker import Mosquitto
 from tests.support.certs import Certs, add_password, make_certs
 from tests.test_mqtt import (
     TOPICS,

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from agent.models.signing import generate_keypair
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
+from bench.support.mqtt_client import Collector
 from tests.support import rabbitmq
-from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
-from tests.support.mqtt_client import Collector
 from tests.test_fleet_e2e import model_variant
 
 pytestmark = [

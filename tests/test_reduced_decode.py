@@ -17,12 +17,13 @@ import pytest
 
 from agent.capture.camera import CameraOptions, CameraSource
 from agent.capture.inbox import FrameInbox
+from agent.demo import write_digits_video
 from agent.inference.engine import Engine
 from agent.inference.pipeline import build_loaded_model
 from agent.inference.preprocess import FramePreprocessor
 from agent.manifest import load_manifest
 from agent.records import Frame
-from tests.support.agent_proc import DATA, digits_video
+from bench.support.agent_proc import DATA
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")
@@ -52,7 +53,7 @@ def read_all(video: Path, plan: object) -> dict[int, np.ndarray]:
 def test_reduced_decode_gives_the_same_labels_on_the_reference_video(
         tmp_path: Path, size: int, factor: int) -> None:
     video = tmp_path / "digits.avi"
-    truth = digits_video(video, size=size)
+    truth = write_digits_video(video, fps=30, size=size)
     manifest = load_manifest(DATA / "digits_cnn.json")
     model = build_loaded_model(manifest, DATA, Engine(manifest.model_path(DATA)), 1, 0.0)
     assert isinstance(model.pre, FramePreprocessor)

@@ -10,24 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "agent" / "data"
-
-
-def digits_video(path: Path, fps: float = 30.0, size: int = 112) -> list[str]:
-    """The held-out digits as a real MJPG video, one digit per frame; returns the truth."""
-    sample = np.load(DATA / "digits_sample.npz")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size, size))
-    assert writer.isOpened()
-    for img in sample["x"]:
-        big = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-        writer.write(cv2.cvtColor(big, cv2.COLOR_GRAY2BGR))
-    writer.release()
-    return [str(int(y)) for y in sample["y"]]
 
 
 def agent_config(tmp: Path, port: int, sources: list[dict[str, Any]], *,

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.demo import write_digits_video
 from agent.models.signing import generate_keypair
-from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config
 from bench.support.mqtt_client import Collector
 from tests.support import rabbitmq
 from tests.test_fleet_e2e import model_variant
@@ -41,7 +42,7 @@ class RabbitFleet:
         self.broker = rabbitmq.RabbitMQ(tmp / "rabbit").start()
         self.keys = generate_keypair(tmp / "keys")
         self.video = tmp / "digits.avi"
-        digits_video(self.video)
+        write_digits_video(self.video, fps=30)
         # a persistent session: messages published while it reconnects wait for it
         self.sub = Collector(self.broker.port, ["edge/#"], client_id="rabbit-test-sub",
                              clean_session=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.contract import StatsRecord
+from agent.contract import SourceStatsRecord, StatsRecord
 from agent.health import ProgressPolicy
 from agent.inference.pipeline import FrameInbox, Pipeline, build_loaded_model
 from tests.test_stages import ScriptedBackend, frame, manifest
@@ -97,6 +97,12 @@ def test_a_running_pipeline_recovers_from_a_stall() -> None:
         p.stop()
 
 
-def test_stats_record_fields_are_json_scalars() -> None:
+SCALARS = {"int", "float", "bool", "int | None", "float | None"}
+
+
+def test_stats_record_fields_are_json_scalars_or_the_per_source_table() -> None:
     for f in dataclasses.fields(StatsRecord):
-        assert f.type in {"int", "float", "bool", "int | None", "float | None"}, f
+        if f.type == "dict[str, SourceStatsRecord]":
+            assert {g.type for g in dataclasses.fields(SourceStatsRecord)} <= SCALARS
+        else:
+            assert f.type in SCALARS, f

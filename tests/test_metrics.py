@@ -123,7 +123,7 @@ def test_metrics_port_in_use_is_a_clear_start_error(tmp_path, scraped) -> None: 
 def test_labels_lost_counts_what_the_outbox_drops(tmp_path) -> None:  # type: ignore[no-untyped-def]
     broker = Mosquitto(tmp_path / "broker").start()
     video = tmp_path / "digits.avi"
-    digits_video(video)
+    write_digits_video(video, fps=30)
     port = free_port()
     path = agent_config(tmp_path, broker.port, [{"name": "cam", "type": "camera",
                                                  "uri": str(video), "loop": True,

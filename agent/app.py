@@ -18,7 +18,15 @@ from agent.commands.control import RunningAgentControl
 from agent.commands.handlers import build_command_handlers
 from agent.commands.router import CommandRouter
 from agent.config import AgentConfig, CameraSourceConfig, MqttSourceConfig
-from agent.contract import STATE_DEGRADED, STATE_ONLINE, STATE_PAUSED, STATE_STOPPED, Topics
+from agent.contract import (
+    SOURCE_LOST,
+    STATE_DEGRADED,
+    STATE_ONLINE,
+    STATE_PAUSED,
+    STATE_STOPPED,
+    StatusField,
+    Topics,
+)
 from agent.health import HealthMonitor, ProgressPolicy, StatsRecorder, SystemdNotifier
 from agent.inference.engine import DelegateSpec
 from agent.inference.pipeline import (
@@ -248,8 +256,10 @@ class AgentApp:
     def _status_payload(self, state: str, reason: str | None) -> dict:
         m = self.active_model.manifest
         return status_body(state, device=self.topics.device_id, groups=list(self.topics.groups),
-                           model={"name": m.name, "version": m.version, "sha256": m.sha256,
-                                  "task": m.task},
+                           model={StatusField.MODEL_NAME: m.name,
+                                  StatusField.MODEL_VERSION: m.version,
+                                  StatusField.MODEL_SHA256: m.sha256,
+                                  StatusField.MODEL_TASK: m.task},
                            since=self.started_at, runtime=self.runtime_info(), reason=reason,
                            sources=dict(self._source_states),
                            delivery=self.receiver.health() if hasattr(self, "receiver") else None)
@@ -271,7 +281,7 @@ class AgentApp:
         self.refresh_status()
 
     def refresh_status(self) -> None:
-        lost = [n for n, s in self._source_states.items() if s == "lost"]
+        lost = [n for n, s in self._source_states.items() if s == SOURCE_LOST]
         problems = [f"source lost: {', '.join(lost)}"] if lost else []
         if self.outbox.health is not None:
             problems.append(self.outbox.health)

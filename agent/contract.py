@@ -20,6 +20,9 @@ STATE_DEGRADED = "degraded"
 STATE_PAUSED = "paused"
 LIVE_STATES = (STATE_ONLINE, STATE_DEGRADED, STATE_PAUSED)
 
+# The state of each source in ``status.sources``.
+SOURCE_STARTING, SOURCE_OK, SOURCE_LOST, SOURCE_ENDED = "starting", "ok", "lost", "ended"
+
 # The ``result`` of a ``<base>/model/result`` message (built by payloads.model_result_body).
 RESULT_OK, RESULT_NOOP, RESULT_REFUSED, RESULT_ERROR = "ok", "noop", "refused", "error"
 RESULT_ROLLED_BACK = "rolled_back"  # sent by the agent after a rollback, without a push id
@@ -102,6 +105,11 @@ class Topics:
     @staticmethod
     def last_segment(topic: str) -> str:
         return topic.rsplit("/", 1)[-1]
+
+
+def discovery_topic(discovery_prefix: str, node: str, object_id: str) -> str:
+    """Home Assistant's MQTT discovery topic of one sensor."""
+    return f"{discovery_prefix}/sensor/{node}/{object_id}/config"
 
 
 def model_part(model_base: str, part: str) -> str:
@@ -269,12 +277,19 @@ class LabelsField:
 
 class StatusField:
     STATE = "state"
+    DEVICE = "device"
+    GROUPS = "groups"
     MODEL = "model"
     MODEL_NAME = "name"
     MODEL_VERSION = "version"
     MODEL_SHA256 = "sha256"
+    MODEL_TASK = "task"
     AGENT_VERSION = "agent_version"
     SINCE = "since"
+    RUNTIME = "runtime"
+    DELEGATE = "delegate"
+    SOURCES = "sources"
+    DELIVERY = "delivery"
     REASON = "reason"
     TS = "ts"
 

@@ -25,6 +25,8 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.contract import STATE_STOPPED, StatusField, Topics
+
 DATA = Path(__file__).parent / "data"
 DEFAULT_CONFIG = DATA / "demo.yaml"
 FRAME_SIZE = 112
@@ -100,9 +102,9 @@ class EmbeddedBroker:
 class LabelPrinter:
     """Subscribes to the agent's labels and status and prints them with running accuracy."""
 
-    def __init__(self, host: str, port: int, base: str, truth: list[str]) -> None:
+    def __init__(self, host: str, port: int, topics: Topics, truth: list[str]) -> None:
         self.truth = truth
-        self.base = base
+        self.topics = topics
         self.total = 0
         self.correct = 0
         self.latencies: list[float] = []
@@ -116,13 +118,13 @@ class LabelPrinter:
         self.client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
-        client.subscribe([(f"{self.base}/labels", 1), (f"{self.base}/status", 1)])
+        client.subscribe([(self.topics.labels, 1), (self.topics.status, 1)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
-        if msg.topic.endswith("/status"):
+        if msg.topic == self.topics.status:
             self.status = body
-            if body.get("state") == "stopped":
+            if body.get(StatusField.STATE) == STATE_STOPPED:
                 self.stopped.set()
             return
         self.first_label.set()
@@ -173,13 +175,12 @@ def run_demo(broker: str | None, seconds: float, config_path: Path | None = None
         truth = write_digits_video(video)
         cfg = _demo_config(config_path, video, host, port, Path(tmp) / "state", protocol)
         app = AgentApp(cfg)
-        base = app.topics.base
-        printer = LabelPrinter(host, port, base, truth)
+        printer = LabelPrinter(host, port, app.topics, truth)
         started = time.monotonic()
         app.start()
         print(f"agent running: model {app.model.manifest.name} {app.model.manifest.version} "
               f"({app.model.manifest.quantize}), video of {len(truth)} held-out digits at "
-              f"{DEMO_FPS:.0f} fps, labels on {base}/labels; Ctrl-C stops")
+              f"{DEMO_FPS:.0f} fps, labels on {app.topics.labels}; Ctrl-C stops")
         stop.wait(seconds)
         app.stop()
         printer.stopped.wait(3)  # the retained 'stopped' status reaches the printer

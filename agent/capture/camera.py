@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.capture.jpeg import JpegPackets
 from agent.capture.sources import CameraOptions, CaptureFactory, VideoCaptureLike, open_capture
+from agent.contract import SOURCE_ENDED, SOURCE_LOST, SOURCE_OK, SOURCE_STARTING
 from agent.errors import SourceError
 from agent.records import Frame
 
@@ -35,7 +36,7 @@ __all__ = ["ENDED", "LOST", "OK", "STARTING", "CameraOptions", "CameraSource", "
 
 log = logging.getLogger(__name__)
 
-STARTING, OK, LOST, ENDED = "starting", "ok", "lost", "ended"
+STARTING, OK, LOST, ENDED = SOURCE_STARTING, SOURCE_OK, SOURCE_LOST, SOURCE_ENDED
 StateCallback = Callable[[str, str, "str | None"], None]
 
 FAILED_READS_LIMIT = 5

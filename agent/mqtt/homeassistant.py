@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent import __version__
-from agent.contract import LIVE_STATES, Topics
+from agent.contract import LIVE_STATES, Topics, discovery_topic
 from agent.payloads import encode
 from agent.records import Result
 
@@ -52,7 +52,7 @@ def discovery_messages(topics: Topics, discovery_prefix: str,
             "top_score": {"name": f"Top score{title}", "state_class": "measurement",
                           "value_template": "{{ value_json.score }}"},
         }
-        out += [(f"{discovery_prefix}/sensor/{node}/{key}{suffix}/config",
+        out += [(discovery_topic(discovery_prefix, node, f"{key}{suffix}"),
                  encode({**common, **sensor, "unique_id": f"{topics.prefix}_{dev}_{key}{suffix}",
                          "object_id": f"edge_{dev}_{key}{suffix}"}))
                 for key, sensor in sensors.items()]

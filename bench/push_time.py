@@ -20,9 +20,9 @@ import numpy as np
 
 from agent.models.signing import generate_keypair, load_private_key
 from bench.support.broker import Mosquitto
+from bench.support.deploy_helpers import AgentHarness, write_bundle
 from deploy.broker import MqttSession
 from deploy.push import load_bundle, send_push
-from tests.test_deploy_helpers import AgentHarness, write_bundle
 
 
 def big_tflite(megabytes: float) -> bytes:

@@ -16,9 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.models.signing import generate_keypair, load_private_key
 from agent.models.wire import Target, encode_chunk
 from bench.support.broker import Mosquitto
-from deploy.broker import MqttSession
-from deploy.push import Bundle, load_bundle, send_push
-from tests.test_deploy_helpers import (
+from bench.support.deploy_helpers import (
     AgentHarness,
     manifest_dict,
     offer_message,
@@ -26,6 +24,8 @@ from tests.test_deploy_helpers import (
     tiny_tflite,
     write_bundle,
 )
+from deploy.broker import MqttSession
+from deploy.push import Bundle, load_bundle, send_push
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from agent.models.loader import EngineSettings
 from agent.models.signing import generate_keypair, load_private_key
 from agent.models.trial import try_in_child
 from bench.support.broker import Mosquitto
-from deploy.broker import MqttSession
-from tests.test_deploy_helpers import (
+from bench.support.deploy_helpers import (
     AgentHarness,
     manifest_dict,
     offer_message,
     raw_push,
     tiny_tflite,
 )
+from deploy.broker import MqttSession
 
 BASE = "edge/dev1/model"
 CRASH_WORDS = (515, 535, 548)  # 32-bit words of the tiny model that segfault when set to -1

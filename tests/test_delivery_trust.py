@@ -18,9 +18,7 @@ from agent.models.signing import generate_keypair, load_private_key
 from agent.models.wire import Target
 from bench.support.agent_proc import DATA
 from bench.support.broker import Mosquitto
-from deploy.broker import MqttSession
-from deploy.push import load_bundle, send_push
-from tests.test_deploy_helpers import (
+from bench.support.deploy_helpers import (
     AgentHarness,
     manifest_dict,
     offer_message,
@@ -28,6 +26,8 @@ from tests.test_deploy_helpers import (
     tiny_tflite,
     write_bundle,
 )
+from deploy.broker import MqttSession
+from deploy.push import load_bundle, send_push
 
 BASE = "edge/dev1/model"
 

@@ -14,9 +14,9 @@ import pytest
 
 from agent.models.signing import generate_keypair
 from bench.support.broker import Mosquitto
+from bench.support.deploy_helpers import AgentHarness, tiny_tflite, write_bundle
 from deploy.broker import MqttSession
 from deploy.cli import main
-from tests.test_deploy_helpers import AgentHarness, tiny_tflite, write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,10 +14,10 @@ import pytest
 
 from agent.models.signing import generate_keypair
 from bench.support.broker import Mosquitto
+from bench.support.deploy_helpers import AgentHarness, tiny_tflite, write_bundle
 from deploy.broker import MqttSession
 from deploy.cli import main
 from tests.test_deploy_cli import retain_status
-from tests.test_deploy_helpers import AgentHarness, tiny_tflite, write_bundle
 
 
 def table_rows(out: str) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ import pytest
 
 from agent.models.signing import generate_keypair, load_public_key
 from bench.support.broker import Mosquitto
-from tests.test_deploy_helpers import tiny_tflite, write_bundle
+from bench.support.deploy_helpers import tiny_tflite, write_bundle
 
 aiomqtt = pytest.importorskip("aiomqtt")
 from bench.fleet_sim import SimFleet, SimOptions  # noqa: E402

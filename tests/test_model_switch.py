@@ -18,8 +18,7 @@ from agent.inference.engine import Engine
 from agent.manifest import ModelManifest
 from agent.models.signing import generate_keypair, load_private_key
 from bench.support.broker import Mosquitto
-from deploy.broker import MqttSession
-from tests.test_deploy_helpers import (
+from bench.support.deploy_helpers import (
     LABELS,
     AgentHarness,
     manifest_dict,
@@ -28,6 +27,7 @@ from tests.test_deploy_helpers import (
     tiny_tflite,
     write_bundle,
 )
+from deploy.broker import MqttSession
 
 BASE = "edge/dev1/model"
 

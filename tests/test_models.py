@@ -13,7 +13,7 @@ import pytest
 from agent.errors import DeployError
 from agent.models.store import MANIFEST_NAME, InstalledModel, ModelStore, folder_name
 from agent.models.versions import VersionFloor, version_key
-from tests.test_deploy_helpers import write_bundle
+from bench.support.deploy_helpers import write_bundle
 
 
 def fake_model(version: str) -> bytes:

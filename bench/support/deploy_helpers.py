@@ -1,4 +1,4 @@
-"""Shared helpers for the model store, delivery and deploy tests (no tests here).
+"""Shared helpers for the model store, delivery and deploy tests and the push benchmark.
 
 Tiny real TFLite models are built once per test session with TensorFlow's converter.
 ``AgentHarness`` runs the real agent (``AgentApp``: its MQTT port, receiver, model switch and

@@ -157,9 +157,13 @@ def test_a_killed_rollout_resumes_without_pushing_twice(fleet: RolloutFleet) -> 
 @pytest.mark.slow  # builds the NaN model with TensorFlow
 def test_a_rollback_during_the_soak_stops_the_rollout(fleet: RolloutFleet) -> None:
     broken = nan_model(fleet.tmp / "nan")  # loads and warms up, then NaN on real frames
+    manifest = broken / "nan_cnn.json"
+    raw = json.loads(manifest.read_text())
+    raw["version"] = "9.0.0"  # above every version the fleet has run
+    manifest.write_text(json.dumps(raw))
     code, report = run_json(fleet.push(broken, "g2", "--waves", "1", "--soak", "10m"))
     results = {d["device"]: d["result"] for d in report["devices"]}
     assert results == {"r1": "rolled_back", "r3": "skipped", "r4": "skipped"}, report
     assert code == 1 and report["state"] == "stopped"
     assert "NaN" in next(d["reason"] for d in report["devices"] if d["device"] == "r1")
-    assert fleet.manifests("1.0.0") == {"edge/r1": 1}
+    assert fleet.manifests("9.0.0") == {"edge/r1": 1}

@@ -159,7 +159,10 @@ class MqttPort:
         if not valid_topic(topic):
             raise ValueError(f"cannot publish to {topic!r}: empty or has a wildcard")
         item_id = self.outbox.put(topic, payload, self.cfg.qos if qos is None else qos)
-        self._wake.set()
+        if self.window.inflight == 0:  # an idle link: send it now, committed first
+            self._sender.send_now()
+        else:
+            self._wake.set()
         return item_id
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,

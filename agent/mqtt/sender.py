@@ -29,6 +29,7 @@ class OutboxSender:
         self.outbox = outbox
         self.window = window
         self.wake = threading.Event()
+        self._send_lock = threading.Lock()  # one thread fills the window at a time
         self._current = current
         self._connect_timeout_s = connect_timeout_s
         self._probe_topic = probe_topic
@@ -44,7 +45,8 @@ class OutboxSender:
                 self.outbox.retry()
                 self.window.settle()
                 self._watch_link()
-                self._fill_window()
+                with self._send_lock:
+                    self._fill_window()
                 if time.monotonic() > next_expiry:
                     next_expiry = time.monotonic() + _EXPIRE_EVERY_S
                     if self.outbox.expire():
@@ -53,6 +55,21 @@ class OutboxSender:
             except Exception:
                 log.exception("outbox sender failed; retrying")
                 stopping.wait(0.5)
+
+    def send_now(self) -> None:
+        """Publish what the window allows from the calling thread (the message just put goes
+        out without waiting for this thread to be scheduled); if the sender thread is at it,
+        wake it instead. Used when nothing is in flight, so order and pacing are kept."""
+        if not self._send_lock.acquire(blocking=False):
+            self.wake.set()
+            return
+        try:
+            self._fill_window()
+        except Exception:
+            log.exception("outbox: sending from the caller failed; the sender retries")
+            self.wake.set()
+        finally:
+            self._send_lock.release()
 
     def _watch_link(self) -> None:
         session = self._current()

@@ -36,6 +36,11 @@ class AgentSetup:
     stats_interval_s: float = 1.0
     target_fps: float | None = None
     max_frame_age_ms: int = 1000
+    cameras: int = 1
+    """Sources reading the same file (``cam``, or ``cam0``..``camN-1`` when more than one)."""
+
+    def source_names(self) -> list[str]:
+        return ["cam"] if self.cameras == 1 else [f"cam{i}" for i in range(self.cameras)]
 
     def config(self, workdir: Path, port: int) -> Path:
         raw: dict[str, Any] = {
@@ -44,9 +49,9 @@ class AgentSetup:
             "outbox": {"enabled": self.outbox},
             "model": {"manifest": str(self.manifest.resolve()),
                       "num_threads": self.num_threads},
-            "sources": [{"type": "camera", "name": "cam", "uri": str(self.video.resolve()),
+            "sources": [{"type": "camera", "name": name, "uri": str(self.video.resolve()),
                          "loop": True, "realtime": self.realtime,
-                         "target_fps": self.target_fps}],
+                         "target_fps": self.target_fps} for name in self.source_names()],
             "pipeline": {"max_frame_age_ms": self.max_frame_age_ms},
             "publish": {"stats_interval_s": self.stats_interval_s},
             "state_dir": str(workdir / "state"),

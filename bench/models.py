@@ -178,15 +178,30 @@ def mobilenet_variants(alpha: float, cache: Path, modes: tuple[str, ...] = MOBIL
     return out
 
 
-def all_variants(cache: Path, quick: bool, log: Any = print) -> dict[str, list[Variant]]:
+def all_variants(cache: Path, quick: bool, log: Any = print,
+                 mobilenet_modes: tuple[str, ...] | None = None) -> dict[str, list[Variant]]:
     """Family name -> its variants, converting whatever the cache lacks."""
     families = {
         "digits_cnn": reference_variants("cnn", cache, log=log),
         "gestures_lstm": reference_variants("lstm", cache, log=log),
     }
     for alpha in ((0.35,) if quick else (0.35, 1.0)):
-        modes = ("float32", "int8") if quick else MOBILENET_MODES
+        modes = mobilenet_modes or (("float32", "int8") if quick else MOBILENET_MODES)
         families[mobilenet_family(alpha)] = mobilenet_variants(alpha, cache, modes, log=log)
+    return families
+
+
+def shipped_and_mobilenet(cache: Path, quick: bool, log: Any = print
+                          ) -> dict[str, list[Variant]]:
+    """The reference CNN the agent ships (agent/data, int8) and MobileNetV2 int8 only: for
+    the tables that need no Keras model (no training, two conversions at most)."""
+    from bench.common import DATA
+
+    shipped = Variant("digits_cnn", "int8", DATA / "digits_cnn.json", DATA / "none.keras",
+                      (DATA / "digits_cnn.tflite").stat().st_size, None, None, None, "frame")
+    families = {"digits_cnn": [shipped]}
+    for alpha in ((0.35,) if quick else (0.35, 1.0)):
+        families[mobilenet_family(alpha)] = mobilenet_variants(alpha, cache, ("int8",), log=log)
     return families
 
 

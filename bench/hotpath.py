@@ -28,6 +28,10 @@ BASELINE = "be0edd483ee05a5c2d4bc8d513e89b33aaa27931"
 def baseline_module(relpath: str, name: str, folder: Path) -> ModuleType:
     source = subprocess.run(["git", "show", f"{BASELINE}:{relpath}"], cwd=REPO, check=True,
                             capture_output=True, text=True).stdout
+    # the manifest types moved from agent.contract to agent.manifest since
+    source = source.replace("from agent.contract import InputSpec",
+                            "from agent.manifest import InputSpec").replace(
+        "from agent.contract import OutputSpec", "from agent.manifest import OutputSpec")
     path = folder / f"{name}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(name, path)
@@ -45,6 +49,27 @@ def _per_call_us(fn: Callable[[], Any], budget_s: float) -> float:
         fn()
         n += 1
     return 1e6 * (time.perf_counter() - t0) / n
+
+
+def _decode_pairs(video: Path, manifests: list[Path]
+                  ) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+    """Decode + preprocess per frame: FFmpeg's full BGR decode (before) vs the agent's
+    reduced JPEG decode for the model (after), the same preprocess code on both."""
+    from agent.inference import preprocess
+    from agent.manifest import load_manifest
+    from bench.stages import _Reader
+
+    pairs: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {}
+    for path in manifests:
+        m = load_manifest(path)
+        pre_b, pre_a = preprocess.FramePreprocessor(m.input), preprocess.FramePreprocessor(m.input)
+        factor, gray = pre_a.decode_plan(640, 480)
+        rb, ra = _Reader(video), _Reader(video, pre_a.decode_plan)
+        shape = "x".join(str(d) for d in m.input.shape[1:])
+        pairs[f"decode + preprocess, 640x480 MJPG -> {shape} (reduced 1/{factor}"
+              f"{', luma' if gray else ''})"] = (lambda p=pre_b, r=rb: p(r()),
+                                                 lambda p=pre_a, r=ra: p(r()))
+    return pairs
 
 
 def _pairs(old: dict[str, ModuleType], frames: list[np.ndarray], manifests: list[Path]
@@ -94,7 +119,7 @@ def compare(video: Path, manifests: list[Path], rounds: int, budget_s: float
     with tempfile.TemporaryDirectory(prefix="bench-base-") as tmp:
         old = {name: baseline_module(f"agent/{name}.py", f"baseline_{name}", Path(tmp))
                for name in ("preprocess", "postprocess", "payloads")}
-        pairs = _pairs(old, frames, manifests)
+        pairs = {**_pairs(old, frames, manifests), **_decode_pairs(video, manifests)}
         diffs = {k: _worst_difference(b, a, len(frames)) for k, (b, a) in pairs.items()}
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in pairs}
         for _ in range(rounds):

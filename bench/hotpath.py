@@ -143,3 +143,25 @@ def _worst_difference(before: Callable[[], Any], after: Callable[[], Any], calls
         if d != "identical":
             worst = d
     return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.hotpath``: table (g) alone, printed as Markdown."""
+    import argparse
+
+    from bench.common import DATA, make_video
+    from bench.report import hotpath_md
+
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    parser.add_argument("--cache", type=Path, default=REPO / "bench" / "results" / "cache")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    video = make_video(args.cache / "scene_640x480.avi")
+    manifests = [DATA / "digits_cnn.json", *sorted(args.cache.glob("mobilenet_v2_*/int8/*.json"))]
+    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(hotpath_md(compare(video, manifests, args.rounds, 0.3)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

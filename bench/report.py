@@ -165,7 +165,8 @@ def hotpath_md(rows: list[dict[str, Any]]) -> str:
 
 
 SECTIONS = (
-    ("e2e", "a. Against the limit: agent end to end vs its slowest stage alone", e2e_md),
+    ("e2e", "a. Against the limit: agent end to end vs min(slowest stage alone, CPU bound)",
+     e2e_md),
     ("tf", "b. Against the usual alternative: Keras in TensorFlow per frame", tf_md),
     ("footprint", "c. Memory and start-up", footprint_md),
     ("latency", "d. Latency under load (30 fps paced file)", latency_md),

@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.errors import ConversionError
 from converter.graph import ConvertSpec, representative
-from converter.load import (
-    RNN_LAYERS,
-    SUPPORTED_LAYERS,
-    check_model_path,
-    iter_layers,
-    load_keras_model,
-)
 from converter.options import CALIBRATED_MODES, QUANTIZE_MODES, forbidden_ops
 from converter.quantize import convert_mixed
 from converter.source import make_converter
@@ -91,11 +83,7 @@ def convert(spec: ConvertSpec, calibration: np.ndarray | None) -> bytes:
                               f"{type(exc).__name__}: {' | '.join(first)}") from exc
 
 
-def op_histogram(content: bytes) -> dict[str, int]:
-    """Op counts over every subgraph of a flatbuffer (WHILE bodies included)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.Model.GetRootAsModel(content, 0)
+def _op_names(model: Any, schema: Any) -> list[str]:
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
     for i in range(model.OperatorCodesLength()):
@@ -103,38 +91,40 @@ def op_histogram(content: bytes) -> dict[str, int]:
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         custom = code.CustomCode()
         codes.append(custom.decode() if custom else names.get(builtin, str(builtin)))
+    return codes
+
+
+def tensor_scope(name: str) -> str:
+    """The layer (name scope) a TFLite tensor comes from: ``model/lstm/while;...`` -> model/lstm."""
+    parts = name.split(";")[0].split("/")
+    return "/".join(parts[:-1]) or parts[0]
+
+
+def graph_ops(content: bytes) -> tuple[dict[str, int], dict[str, list[str]]]:
+    """Op counts over every subgraph (WHILE bodies included), and for each forbidden op the
+    layers (name scopes of its outputs) it comes from."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(content, 0)
+    codes = _op_names(model, schema)
     counts: dict[str, int] = {}
+    sites: dict[str, set[str]] = {}
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
         for o in range(graph.OperatorsLength()):
-            name = codes[graph.Operators(o).OpcodeIndex()]
+            op = graph.Operators(o)
+            name = codes[op.OpcodeIndex()]
             counts[name] = counts.get(name, 0) + 1
-    return counts
+            if forbidden_ops([name]):
+                sites.setdefault(name, set()).update(
+                    tensor_scope(graph.Tensors(op.Outputs(j)).Name().decode())
+                    for j in range(op.OutputsLength()))
+    return counts, {op: sorted(scopes) for op, scopes in sites.items()}
 
 
-def check_forbidden(ops: dict[str, int], spec: ConvertSpec) -> None:
-    """Flex, custom and WHILE ops are errors unless --allow-flex; name the op and the layer."""
-    bad = forbidden_ops(ops)
-    if not bad or spec.allow_flex:
-        return
-    layers = "the model's recurrent or custom layers"
-    path = Path(spec.model_path)
-    if check_model_path(path) == "keras":
-        model = load_keras_model(path)
-        suspects = [f"{x.name} ({type(x).__name__})" for x in iter_layers(model)
-                    if type(x).__name__ in RNN_LAYERS
-                    or type(x).__name__ not in SUPPORTED_LAYERS]
-        layers = ", ".join(suspects) or layers
-    raise ConversionError(f"mode {spec.mode}, lstm path {spec.lstm_path}: the TFLite graph "
-                          f"contains {', '.join(bad)} op(s), coming from {layers}; the "
-                          f"on-device runtime needs builtin, loop-free ops (use --allow-flex "
-                          f"to keep them anyway)")
-
-
-def convert_checked(spec: ConvertSpec, calibration: np.ndarray | None
-                    ) -> tuple[bytes, dict[str, int]]:
-    """Convert, list the ops, refuse Flex/custom/WHILE unless allowed."""
+def convert_listed(spec: ConvertSpec, calibration: np.ndarray | None
+                   ) -> tuple[bytes, dict[str, int], dict[str, list[str]]]:
+    """Convert and list the ops; the caller refuses Flex/custom/WHILE (``options.refusal``)."""
     content = convert(spec, calibration)
-    ops = op_histogram(content)
-    check_forbidden(ops, spec)
-    return content, ops
+    ops, sites = graph_ops(content)
+    return content, ops, sites

@@ -40,6 +40,27 @@ class DataSet:
     origin: str
 
 
+def calibration_subset(data: DataSet, n: int, seed: int = 0) -> DataSet:
+    """At most ``n`` samples covering the data: with labels, the classes in turn (as even as
+    the data allows), else a seeded random choice; never just the first ``n``."""
+    rng = np.random.default_rng(seed)
+    if len(data.x) <= n:
+        return data
+    if data.y is None:
+        chosen = np.sort(rng.choice(len(data.x), n, replace=False))
+    else:
+        pools = [rng.permutation(np.flatnonzero(data.y == c)).tolist()
+                 for c in np.unique(data.y)]
+        picked: list[int] = []
+        while len(picked) < n:
+            for pool in pools:
+                if pool and len(picked) < n:
+                    picked.append(pool.pop())
+        chosen = np.asarray(picked)
+    return DataSet(data.x[chosen], None if data.y is None else data.y[chosen],
+                   f"{data.origin} ({n} of {len(data.x)} samples)")
+
+
 def check_prep(prep: InputPrep) -> None:
     """Per-channel (or per-feature) mean/std must match the last input dimension."""
     last = prep.shape[-1]

@@ -15,8 +15,6 @@ import numpy as np
 
 from converter.load import RNN_LAYERS
 
-CALIBRATION_SAMPLES = 500
-
 
 @dataclass(frozen=True)
 class ConvertSpec:
@@ -76,7 +74,7 @@ def concrete_function(model: Any, batch: int | None) -> Any:
 
 def representative(calibration: np.ndarray) -> Any:
     def gen() -> Iterator[list[np.ndarray]]:
-        for i in range(min(len(calibration), CALIBRATION_SAMPLES)):
+        for i in range(len(calibration)):
             yield [calibration[i:i + 1].astype(np.float32)]
 
     return gen

@@ -29,26 +29,30 @@ from agent.manifest import (
     WindowSpec,
 )
 from converter import worker
-from converter.data import DataSet, InputPrep, check_prep, load_data, load_labels
+from converter.data import (
+    DataSet,
+    InputPrep,
+    calibration_subset,
+    check_prep,
+    load_data,
+    load_labels,
+)
 from converter.fused import tf_keras_available
-from converter.graph import ConvertSpec
+from converter.int8 import float_fallback
 from converter.load import ModelInfo, check_model_path
-from converter.options import ConvertOptions, forbidden_ops
+from converter.measured import Yardstick, convert_candidates
+from converter.options import ConvertOptions
 from converter.report import (
     ModeResult,
-    measure,
     ops_summary,
-    set_drops,
     table,
 )
-from converter.selection import candidates, choose, needs_mixed
+from converter.selection import candidates, choose
 
 log = logging.getLogger(__name__)
 EVAL_LIMIT = 1000
 SYNTHETIC_SAMPLES = 64
 MIN_CALIBRATION = 100
-MIXED_RMSE_OVER_SCALE = 0.7  # the quantization debugger guide's threshold
-MIXED_MAX_FLOAT_LAYERS = 3
 
 
 @dataclass
@@ -94,27 +98,6 @@ def eval_set(opts: ConvertOptions, prep: InputPrep, labels: list[str],
     return DataSet(x * std + mean, None, "synthetic normal inputs (agreement only)")
 
 
-def convert_one(opts: ConvertOptions, spec: ConvertSpec, rnn: bool, calib: np.ndarray | None,
-                x_eval: np.ndarray, data: DataSet, reference: np.ndarray) -> ModeResult:
-    result = ModeResult(spec.mode, spec.lstm_path if rnn else None)
-    try:
-        content, ops = worker.run_in_child(worker.convert_mode, spec, calib)
-    except ConversionError as exc:
-        result.error = str(exc)
-        return result
-    result.ops = ops
-    result.forbidden = forbidden_ops(ops)
-    try:
-        measure(result, content, x_eval, data.y, reference, opts.threads,
-                reset_state=rnn and spec.lstm_path == "fused",
-                runs=opts.latency_runs)
-    except Exception as exc:  # the interpreter refused it: a failed candidate, not a crash
-        result.error = f"the interpreter cannot run it: {type(exc).__name__}: {exc}"
-        return result
-    result.content = content
-    return result
-
-
 def prepare(opts: ConvertOptions) -> tuple[ModelInfo, list[str], InputPrep, DataSet | None,
                                             DataSet, np.ndarray]:
     """Inspect the model, load and check the data, compute the Keras reference outputs."""
@@ -139,49 +122,21 @@ def run(opts: ConvertOptions) -> Outcome:
     x_eval = prep.normalize(data.x)
     keras_acc = (round(float(np.mean(reference.argmax(1) == data.y)), 6)
                  if data.y is not None else None)
-    calib = prep.normalize(calibration.x) if calibration is not None else None
+    calib = (prep.normalize(calibration_subset(calibration, opts.calibration_samples).x)
+             if calibration is not None else None)
     if calib is not None and len(calib) < MIN_CALIBRATION:
         log.warning("only %d calibration samples; int8 ranges need a few hundred "
                     "(at least %d) to be reliable", len(calib), MIN_CALIBRATION)
+    stick = Yardstick(opts, info.has_rnn, calib, x_eval, data.y, reference, keras_acc)
     specs = candidates(opts, info, calib is not None, tf_keras_available())
-    results = [convert_one(opts, s, info.has_rnn, calib, x_eval, data, reference)
-               for s in specs]
-    set_drops(results, keras_acc)
-    results += mixed_fallback(opts, info, results, calib, x_eval, data, reference, keras_acc)
+    results = convert_candidates(stick, specs)
+    results += float_fallback(stick, results)
     chosen, reason = choose(results, opts)
     text = table(results, opts.threads, chosen.key, keras_acc)
     manifest = build_manifest(opts, info, prep, labels, chosen, data, keras_acc)
     outcome = Outcome(chosen, reason, results, manifest, text, keras_acc)
     outcome.files = write_outputs(opts, outcome)
     return outcome
-
-
-def mixed_fallback(opts: ConvertOptions, info: ModelInfo, results: list[ModeResult],
-                   calib: np.ndarray | None, x_eval: np.ndarray, data: DataSet,
-                   reference: np.ndarray, keras_acc: float | None) -> list[ModeResult]:
-    """Where int8 loses more than the budget: name the layers that lose it, try ``mixed``."""
-    int8 = needs_mixed(results, opts)
-    if int8 is None or calib is None:
-        return []
-    spec = ConvertSpec(str(opts.model), "int8", int8.lstm_path or "unrolled",
-                       allow_flex=opts.allow_flex)
-    try:
-        int8.layer_errors = worker.run_in_child(worker.layer_errors, spec, calib, 5)
-    except ConversionError as exc:
-        log.warning("per-layer int8 error analysis failed: %s", exc)
-        return []
-    names = float_layers(int8.layer_errors)
-    mixed_spec = ConvertSpec(str(opts.model), "mixed", spec.lstm_path,
-                             allow_flex=opts.allow_flex, float_layers=names)
-    mixed = convert_one(opts, mixed_spec, info.has_rnn, calib, x_eval, data, reference)
-    set_drops([mixed], keras_acc)
-    return [mixed]
-
-
-def float_layers(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """Tensors kept in float by ``mixed``: RMSE/scale above the threshold, else the worst one."""
-    bad = [r["tensor"] for r in rows if r["rmse_over_scale"] > MIXED_RMSE_OVER_SCALE]
-    return tuple(bad[:MIXED_MAX_FLOAT_LAYERS]) or tuple(r["tensor"] for r in rows[:1])
 
 
 def build_manifest(opts: ConvertOptions, info: ModelInfo, prep: InputPrep, labels: list[str],

@@ -14,6 +14,7 @@ from agent.inference.engine import Engine
 
 LATENCY_RUNS = 200
 LATENCY_WARMUP = 20
+KEY_WIDTH = 22
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ModeResult:
 
     mode: str
     lstm_path: str | None = None
+    method: str | None = None  # how, when a mode has more than one way (mixed: layers kept)
     size_bytes: int = 0
     ops: dict[str, int] = field(default_factory=dict)
     xnnpack_nodes: int = 0
@@ -29,6 +31,7 @@ class ModeResult:
     partitions: int = 0
     not_delegated: dict[str, int] = field(default_factory=dict)
     forbidden: list[str] = field(default_factory=list)
+    forbidden_sites: dict[str, list[str]] = field(default_factory=dict)
     accuracy: float | None = None
     agreement: float | None = None
     max_abs_error: float | None = None
@@ -42,11 +45,13 @@ class ModeResult:
 
     @property
     def key(self) -> str:
-        return f"{self.mode}/{self.lstm_path}" if self.lstm_path else self.mode
+        key = f"{self.mode}/{self.lstm_path}" if self.lstm_path else self.mode
+        return f"{key}[{self.method}]" if self.method else key
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("content")
+        out["key"] = self.key
         return out
 
 
@@ -166,21 +171,23 @@ def _fmt(v: float | None, spec: str) -> str:
 def table(results: list[ModeResult], threads: int, chosen: str | None,
           keras_accuracy: float | None) -> str:
     """The report as a fixed-width text table."""
-    head = (f"{'mode':<17} {'size KB':>8} {'acc':>7} {'drop':>6} {'agree':>7} {'maxerr':>7} "
+    head = (f"{'mode':<{KEY_WIDTH}} {'size KB':>8} {'acc':>7} {'drop':>6} {'agree':>7} "
+            f"{'maxerr':>7} "
             f"{'p50@1':>7} {'p95@1':>7} {f'p50@{threads}':>7} {f'p95@{threads}':>7} "
             f"{'xnnpack':>11} {'flags':<10}")
     lines = [head, "-" * len(head)]
     if keras_accuracy is not None:
-        lines.append(f"{'keras':<17} {'':>8} {keras_accuracy:>7.4f}")
+        lines.append(f"{'keras':<{KEY_WIDTH}} {'':>8} {keras_accuracy:>7.4f}")
     for r in results:
         mark = "*" if r.key == chosen else " "
         if r.error:
-            lines.append(f"{mark}{r.key:<16} FAILED: {r.error[:120]}")
+            lines.append(f"{mark}{r.key:<{KEY_WIDTH - 1}} FAILED: {r.error[:120]}")
             continue
         one, many = r.latency_ms.get("1", {}), r.latency_ms.get(str(threads), {})
         flags = ",".join(r.forbidden) or "ok"
         lines.append(
-            f"{mark}{r.key:<16} {r.size_bytes / 1024:>8.1f} {_fmt(r.accuracy, '.4f'):>7} "
+            f"{mark}{r.key:<{KEY_WIDTH - 1}} {r.size_bytes / 1024:>8.1f} "
+            f"{_fmt(r.accuracy, '.4f'):>7} "
             f"{_fmt(r.drop_points, '.2f'):>6} {_fmt(r.agreement, '.4f'):>7} "
             f"{_fmt(r.max_abs_error, '.4f'):>7} {_fmt(one.get('p50'), '.3f'):>7} "
             f"{_fmt(one.get('p95'), '.3f'):>7} {_fmt(many.get('p50'), '.3f'):>7} "

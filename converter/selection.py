@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.errors import ConversionError
 from converter.graph import ConvertSpec
 from converter.load import ModelInfo
-from converter.options import AUTO_MODES, CALIBRATED_MODES, ConvertOptions
+from converter.options import AUTO_MODES, CALIBRATED_MODES, ConvertOptions, refusal
 from converter.report import ModeResult
 
 TIE_MARGIN = 0.10  # latencies this close are within the timing noise of one run
@@ -57,19 +57,33 @@ def _speed(r: ModeResult, threads: int) -> float:
     return float(lat.get("p50", float("inf")))
 
 
+def problem(r: ModeResult, opts: ConvertOptions) -> str | None:
+    """Why a result cannot be kept: its error, or the Flex/custom/WHILE ops it holds."""
+    if r.error:
+        return r.error
+    if opts.allow_flex:
+        return None
+    return refusal(r.ops, r.forbidden_sites, r.key)
+
+
+def _failures(results: list[ModeResult], opts: ConvertOptions) -> str:
+    found = [(r.key, problem(r, opts)) for r in results]
+    return "; ".join(f"{key}: {why}" for key, why in found if why) or "no result"
+
+
 def choose(results: list[ModeResult], opts: ConvertOptions) -> tuple[ModeResult, str]:
     """auto: the fastest result within --max-drop; otherwise the one requested mode."""
-    usable = [r for r in results if not r.error and (opts.allow_flex or not r.forbidden)]
+    usable = [r for r in results if problem(r, opts) is None]
     if opts.quantize not in ("auto",):
         wanted = [r for r in usable if r.mode == opts.quantize]
         if not wanted:
-            errors = "; ".join(f"{r.key}: {r.error}" for r in results if r.error)
-            raise ConversionError(f"--quantize {opts.quantize} failed: {errors or 'no result'}")
-        best = min(wanted, key=lambda r: _speed(r, opts.threads))
+            raise ConversionError(f"--quantize {opts.quantize} failed: "
+                                  f"{_failures(results, opts)}")
+        within = [r for r in wanted if (r.drop_points or 0.0) <= opts.max_drop] or wanted
+        best = min(within, key=lambda r: _speed(r, opts.threads))
         return best, f"{best.key} was requested"
     if not usable:
-        errors = "; ".join(f"{r.key}: {r.error}" for r in results if r.error)
-        raise ConversionError(f"every conversion failed: {errors}")
+        raise ConversionError(f"every conversion failed: {_failures(results, opts)}")
     within = [r for r in usable if (r.drop_points or 0.0) <= opts.max_drop]
     if not within:
         best = min(usable, key=lambda r: r.drop_points or 0.0)

@@ -8,6 +8,7 @@ never imports TensorFlow.
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,17 @@ from converter.graph import ConvertSpec
 from converter.load import ModelInfo
 
 T = TypeVar("T")
+CONVERT_EXTRA_INSTALL = ("pip install 'edge-inference-agent[convert]' (TensorFlow; "
+                         "from a checkout: make install-dev)")
+
+
+def require_tensorflow(prog: str) -> None:
+    """Fail with what to install when the converter extra is missing (TensorFlow not imported)."""
+    missing = [name for name in ("tensorflow", "keras", "absl")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConversionError(f"{prog} needs the converter extra, which is not installed "
+                              f"(no module {', '.join(missing)}): {CONVERT_EXTRA_INSTALL}")
 
 
 def _call(pool: ProcessPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
@@ -110,7 +122,7 @@ def keras_predict(model_path: str, x: np.ndarray) -> np.ndarray:
 
 
 def convert_mode(spec: ConvertSpec, calibration: np.ndarray | None
-                 ) -> tuple[bytes, dict[str, int]]:
+                 ) -> tuple[bytes, dict[str, int], dict[str, list[str]]]:
     from pathlib import Path
 
     from converter.fused import has_keras_metadata, use_legacy_keras
@@ -119,9 +131,9 @@ def convert_mode(spec: ConvertSpec, calibration: np.ndarray | None
     if spec.lstm_path == "fused" or (path.is_dir() and has_keras_metadata(path)):
         use_legacy_keras()
     _quiet()
-    from converter.convert import convert_checked
+    from converter.convert import convert_listed
 
-    return convert_checked(spec, calibration)
+    return convert_listed(spec, calibration)
 
 
 def layer_errors(spec: ConvertSpec, calibration: np.ndarray, top: int) -> list[dict[str, Any]]:

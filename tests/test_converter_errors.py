@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from converter.cli import main
 from tests.support.reference_models import ReferenceModel
 
+# the session's reference models train inside the first test's setup: on a busy machine
+# that alone can take minutes
+pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,3 +110,22 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main([str(model), "--out", str(out_file)]) != 0
     assert "exists and is not a folder" in capsys.readouterr().err
     assert out_file.read_text() == "x"
+
+
+def test_without_the_converter_extra_says_what_to_install(tmp_path: Path) -> None:
+    """TensorFlow, Keras and absl made unimportable in every process (a sitecustomize)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('tensorflow', 'keras', 'absl'):\n    sys.modules[name] = None\n")
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"PK")
+    proc = subprocess.run([sys.executable, "-m", "converter.cli", str(model), "--out",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"},
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs the converter extra" in proc.stderr
+    assert "pip install 'edge-inference-agent[convert]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "No module named" not in proc.stderr
+    assert not (tmp_path / "out").exists()

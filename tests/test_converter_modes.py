@@ -15,7 +15,7 @@ from converter.fused import tf_keras_available
 from converter.options import AUTO_MODES, CALIBRATED_MODES, forbidden_ops
 from tests.support.reference_models import ReferenceModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[1]
 CNN_GATES = {"float32": 0.5, "float16": 0.5, "dynamic": 0.5, "int8": 1.5, "int16x8": 1.5,
              "mixed": 1.5}
@@ -32,9 +32,7 @@ def report(model: Path, ref: ReferenceModel, out: Path, *extra: str) -> dict[str
 
 
 def chosen(rep: dict[str, Any]) -> dict[str, Any]:
-    key = rep["chosen"]
-    return next(r for r in rep["results"] if (f"{r['mode']}/{r['lstm_path']}"
-                                             if r["lstm_path"] else r["mode"]) == key)
+    return next(r for r in rep["results"] if r["key"] == rep["chosen"])
 
 
 def assert_loop_free(result: dict[str, Any]) -> None:

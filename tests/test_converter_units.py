@@ -121,7 +121,7 @@ def test_auto_picks_the_fastest_within_the_drop_budget() -> None:
 
 def test_auto_refuses_loops_unless_allowed() -> None:
     looped = result("float32", 0.98, 0.05)
-    looped.forbidden = ["WHILE"]
+    looped.ops, looped.forbidden = {"WHILE": 1}, ["WHILE"]
     clean = result("dynamic", 0.98, 0.2)
     set_drops([looped, clean], 0.98)
     opts = ConvertOptions(model=Path("m.keras"), out=Path("out"))

@@ -80,36 +80,24 @@ def reference_variants(which: str, cache: Path, modes: tuple[str, ...] = AUTO_MO
     folder = cache / family
     keras_path = folder / f"{family}.keras"
     sets = {k: folder / "data" / f"{which}_{k}.npz" for k in ("calibration", "eval", "sample")}
-    labels = folder / "data" / f"{which}_labels.txt"
+    sets["labels"] = folder / "data" / f"{which}_labels.txt"
     if not keras_path.exists() or not all(p.exists() for p in sets.values()):
-        from converter.worker import run_in_child
-
         log(f"training the reference {family} (converter.reference, in a child) ...")
-        run_in_child(train_reference, which, str(folder))
-        names = ref.DIGITS_LABELS if which == "cnn" else ref.GESTURE_LABELS
-        labels.write_text("\n".join(names) + "\n")
+        ref.prepare(which, folder)
     data = _reference_data(which, sets)
     out = []
     for mode in modes:
         target = folder / mode
         if not (target / f"{family}.json").exists():
             log(f"converting {family} {mode} ...")
-            args = ref.conversion_args(which, data, keras_path, sets, target, mode, labels)
+            args = ref.conversion_args(which, data, keras_path, sets, target, mode)
             _convert([*args, "--latency-runs", "30", "--lstm-path", "unrolled"])
         out.append(_variant(family, mode, target, keras_path))
     return out
 
 
-def train_reference(which: str, folder: str) -> None:
-    """Runs in a child: train, save the .keras and the data sets."""
-    from converter import reference as ref
-
-    _, data = ref.train_and_save(which, Path(folder))
-    ref.write_sets(which, data, Path(folder) / "data")
-
-
 def _reference_data(which: str, sets: dict[str, Path]) -> Any:
-    from converter.reference import Dataset
+    from converter.training import Dataset
 
     with np.load(sets["calibration"]) as cal, np.load(sets["eval"]) as ev:
         return Dataset(cal["x"], cal["y"], ev["x"], ev["y"])

@@ -10,14 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from agent.files import sha256_file
 from agent.inference.engine import Engine
 from agent.manifest import load_manifest
 from converter.cli import main
 from converter.options import forbidden_ops
-from tests.support.reference_models import ReferenceModel
+from tests.support.reference_models import NATIVE_LINE, ReferenceModel
 
+# the session's reference models train inside the first test's setup: on a busy machine
+# that alone can take minutes
+pytestmark = pytest.mark.timeout(900)
 CNN_INT8_MAX_DROP = 1.5
 FLOAT_MAX_DROP = 0.5
 LSTM_MIN_AGREEMENT = 0.99
@@ -51,12 +55,20 @@ def test_cnn_int8_full_integer_within_drop(cnn: ReferenceModel,
     assert chosen["xnnpack_nodes"] > 0 and not chosen["forbidden"]
 
 
-def test_cnn_float32_matches_keras(cnn: ReferenceModel, tmp_path: Path) -> None:
-    chosen = convert(cnn.keras, cnn, tmp_path, "--quantize",
-                     "float32")["chosen"]
+def test_cnn_float32_matches_keras_and_prints_no_native_log(
+        cnn: ReferenceModel, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Also: TensorFlow's and LiteRT's native lines (from the children and the parent) go to
+    the log file named at the end, not to the terminal (captured at the descriptors)."""
+    log = tmp_path / "tf.log"
+    chosen = convert(cnn.keras, cnn, tmp_path / "out", "--quantize", "float32",
+                     "--log", str(log))["chosen"]
     assert chosen["drop_points"] <= FLOAT_MAX_DROP
     assert chosen["agreement"] == 1.0 and chosen["max_abs_error"] < 1e-4
     assert chosen["xnnpack_nodes"] == chosen["total_nodes"]
+    out, err = capfd.readouterr()
+    assert not [line for line in (out + err).splitlines() if NATIVE_LINE.search(line)], err
+    assert f"TensorFlow's log: {log}" in out and "chosen: float32" in out
+    assert NATIVE_LINE.search(log.read_text())
 
 
 def test_lstm_float32_unrolled_has_no_loop(lstm: ReferenceModel,

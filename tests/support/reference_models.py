@@ -7,6 +7,7 @@ test process never imports TensorFlow; the result is cached for the session.
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# what TensorFlow, absl, oneDNN and LiteRT write from native code
+NATIVE_LINE = re.compile(r"^[IWEF]\d{4} |oneDNN|absl|XNNPACK delegate|cpu_feature_guard|"
+                         r"UserWarning|rebuild TensorFlow|fully_quantize|^INFO: ")
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,18 @@ class ReferenceModel:
 @functools.cache
 def train_reference(which: str, folder: Path) -> ReferenceModel:
     """Cached per folder, so test modules that import the fixtures share one training run."""
-    subprocess.run([sys.executable, "-m", "converter.reference", which, "--no-convert",
-                    "--extra-formats", "--keras-out", str(folder)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "converter.reference", which, "--no-convert",
+                           "--extra-formats", "--keras-out", str(folder)],
+                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if NATIVE_LINE.search(line)]
+    assert not noise, f"training printed TensorFlow's native log lines: {noise[:3]}"
     name = "digits_cnn" if which == "cnn" else "gestures_lstm"
     data = folder / "data"
     if which == "cnn":
         norm: tuple[str, ...] = ("--mean", "0", "--std", "255")
     else:
-        from converter.reference import feature_stats, gestures_dataset
+        from converter.training import feature_stats, gestures_dataset
 
         mean, std = feature_stats(gestures_dataset().x_train)
         norm = ("--mean", *map(str, mean), "--std", *map(str, std), "--stride", "30")

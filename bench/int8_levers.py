@@ -4,7 +4,7 @@
 
 Trains the model once (``python -m converter.reference keras --model mobilenet``), then
 converts it once per lever through edge-convert's API, and times every written model
-side by side in interleaved rounds (p50 per invoke through ``agent.engine.Engine``,
+side by side in interleaved rounds (p50 per invoke through ``agent.inference.engine.Engine``,
 XNNPACK, batch 1). Levers: calibration size (200 / 500 / 2,000) and coverage (the first
 200 of a label-sorted file against 200 with the classes in turn), the debugger-driven
 float fallback (``mixed``), int16 activations (int16x8), and the maintained LiteRT
@@ -100,7 +100,7 @@ def aeq_row(name: str, recipe_name: str, keras: Path, calibration: np.ndarray,
 
 def timings(files: dict[str, str], rounds: int) -> dict[str, dict[int, float]]:
     """p50 ms per invoke at 1 and 2 threads, the files interleaved in each round."""
-    from agent.engine import Engine
+    from agent.inference.engine import Engine
     from converter.report import quantize_input
 
     samples: dict[tuple[str, int], list[float]] = {}

@@ -1,7 +1,7 @@
 """edge-convert from start to end: inspect, convert each mode, measure, choose, write.
 
 TensorFlow runs only in child processes (``converter.worker``); this process loads
-data, measures through ``agent.engine.Engine`` and writes the files.
+data, measures through ``agent.inference.engine.Engine`` and writes the files.
 """
 
 from __future__ import annotations

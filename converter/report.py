@@ -193,8 +193,8 @@ def table(results: list[ModeResult], threads: int, chosen: str | None,
             f"{_fmt(one.get('p95'), '.3f'):>7} {_fmt(many.get('p50'), '.3f'):>7} "
             f"{_fmt(many.get('p95'), '.3f'):>7} "
             f"{f'{r.xnnpack_nodes}/{r.total_nodes}':>11} {flags:<10}")
-    lines.append("latency in ms per invoke at batch 1 through agent.engine.Engine (XNNPACK); "
-                 "drop in accuracy points vs Keras; * = chosen")
+    lines.append("latency in ms per invoke at batch 1 through agent.inference.engine.Engine "
+                 "(XNNPACK); drop in accuracy points vs Keras; * = chosen")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, median
+from converter.native_log import native_log
 
 NO_FALLBACK = ("--int8-budget", "100")  # a pure int8 row: no mixed candidates
 
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     start = os.getloadavg()[0]
-    rows, keras_acc = measure_levers(args.work)
+    with native_log(args.work / "tensorflow.log"):
+        rows, keras_acc = measure_levers(args.work)
     files = {name: row["file"] for name, row in rows.items() if "file" in row}
     times = timings(files, args.rounds)
     text = markdown(rows, times, keras_acc, (start, os.getloadavg()[0]))

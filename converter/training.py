@@ -153,7 +153,7 @@ def build_lstm() -> Any:
     ], name="gestures_lstm")
 
 
-def train_cnn(data: Dataset, epochs: int = 12, seed: int = SEED) -> Any:
+def train_cnn(data: Dataset, epochs: int = 20, seed: int = SEED) -> Any:
     seed_everything(seed)
     model = build_cnn()
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
@@ -163,7 +163,7 @@ def train_cnn(data: Dataset, epochs: int = 12, seed: int = SEED) -> Any:
     return model
 
 
-def train_lstm(data: Dataset, epochs: int = 15, seed: int = SEED) -> Any:
+def train_lstm(data: Dataset, epochs: int = 20, seed: int = SEED) -> Any:
     seed_everything(seed)
     mean, std = feature_stats(data.x_train)
     model = build_lstm()

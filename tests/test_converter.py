@@ -21,7 +21,7 @@ from tests.support.reference_models import NATIVE_LINE, ReferenceModel
 
 # the session's reference models train inside the first test's setup: on a busy machine
 # that alone can take minutes
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 CNN_INT8_MAX_DROP = 1.5
 FLOAT_MAX_DROP = 0.5
 LSTM_MIN_AGREEMENT = 0.99

@@ -15,7 +15,7 @@ from tests.support.reference_models import ReferenceModel
 
 # the session's reference models train inside the first test's setup: on a busy machine
 # that alone can take minutes
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 ROOT = Path(__file__).resolve().parents[1]
 
 

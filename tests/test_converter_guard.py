@@ -17,7 +17,7 @@ from converter.selection import choose
 
 # the session's reference models train inside the first test's setup: on a busy machine
 # that alone can take minutes
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 ROOT = Path(__file__).resolve().parents[1]
 # A static-shape tf.while_loop inside the name scope "smoother": TFLite keeps it as WHILE.
 WHILE_SAVED_MODEL = """

@@ -43,7 +43,7 @@ def train_reference(which: str, folder: Path) -> ReferenceModel:
     """Cached per folder, so test modules that import the fixtures share one training run."""
     proc = subprocess.run([sys.executable, "-m", "converter.reference", which, "--no-convert",
                            "--extra-formats", "--keras-out", str(folder)],
-                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, check=True, capture_output=True, text=True, timeout=1500)
     noise = [line for line in (proc.stdout + proc.stderr).splitlines()
              if NATIVE_LINE.search(line)]
     assert not noise, f"training printed TensorFlow's native log lines: {noise[:3]}"

@@ -223,6 +223,7 @@ class StatsRecord:
     dropped_inbound: int | None
     commands_handled: int
     commands_rejected: int
+    commands_ignored: int
     watchdog_withheld: int
     inference_ms_p50: float | None
     inference_ms_p95: float | None
@@ -232,6 +233,7 @@ class StatsRecord:
     outbox_set_aside: int | None
     outbox_expired: int
     mqtt_reconnects: int | None
+    link_probes: int | None
     outbox_durable: bool  # false while results wait in memory because the disk refuses
     outbox_memory_dropped: int | None  # lost to the memory queue's bound meanwhile
     inbound_dropped_commands: int | None  # inbound messages a full queue dropped, per kind

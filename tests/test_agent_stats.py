@@ -57,19 +57,21 @@ def test_camera_command_and_publish_counters_reach_stats(tmp_path: Path,
         sub.wait_topic(f"{BASE}/labels", timeout=30)
         command(sub, "ping")
         command(sub, "no-such-command")
+        sub.publish(f"{BASE}/cmd/ping", json.dumps({"id": "retained"}), retain=True)  # ignored
         command(sub, "pause")
         wait_stats(sub, {"dropped_paused"})
         command(sub, "resume")
         stats = wait_stats(sub, {
             "frames_read", "frames_in", "inferences", "dropped_target_fps", "dropped_paused",
             "file_loops", "source_reconnects", "suppressed", "published", "commands_handled",
-            "commands_rejected"})
+            "commands_rejected", "commands_ignored"})
     finally:
         agent.kill()
         sub.close()
     assert set(stats) == FIELDS
     assert stats["frames_read"] >= stats["dropped_target_fps"] + stats["inferences"]
     assert stats["corrupt_frames"] == 0 and stats["rollbacks"] == 0
+    assert stats["link_probes"] is not None and stats["link_probes"] >= 0
     assert stats["sample_errors"] == stats["samples_in"] == stats["streams_evicted"] == 0
 
 

@@ -75,7 +75,6 @@ class SummaryPublisher:
         self._clock = clock
         self._sent: dict[str, tuple[str, float]] = {}
         self._sent_at: dict[str, float] = {}
-        self.published = 0
 
     def __call__(self, result: Result, published: bool = True) -> None:
         topic = self._topics.get(result.source, self._device_topic)
@@ -91,4 +90,3 @@ class SummaryPublisher:
                 "ts": round(result.frame_ts, 3)}
         if self._publish(topic, encode(body), qos=1, retain=True):
             self._sent[topic], self._sent_at[topic] = (label, score), now
-            self.published += 1

@@ -52,12 +52,13 @@ def test_camera_command_and_publish_counters_reach_stats(tmp_path: Path,
          "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}],
         publish={"on_change": True, "stats_interval_s": 0.5})
     sub = Collector(mosquitto.port, [f"{BASE}/#"])
+    # retained before the agent subscribes, so it arrives as retained: ignored, not run
+    sub.publish(f"{BASE}/cmd/ping", json.dumps({"id": "retained"}), retain=True)
     agent = AgentProcess(cfg)
     try:
         sub.wait_topic(f"{BASE}/labels", timeout=30)
         command(sub, "ping")
         command(sub, "no-such-command")
-        sub.publish(f"{BASE}/cmd/ping", json.dumps({"id": "retained"}), retain=True)  # ignored
         command(sub, "pause")
         wait_stats(sub, {"dropped_paused"})
         command(sub, "resume")

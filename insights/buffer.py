@@ -17,7 +17,7 @@ from typing import Any
 
 @dataclass
 class Batch:
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)  # table -> row dicts, then Arrow
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (generation, mid, qos)
     count: int = 0
     opened: float = 0.0

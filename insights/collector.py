@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pyarrow as pa
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -206,12 +207,13 @@ class Collector:
         """Write until it succeeds: a full or read-only disk holds the batch and its acks
         (the buffer fills, the broker keeps the rest). False when stopped before that."""
         failures = 0
+        self._tabulate(batch)
         while True:
             try:
                 for table in list(batch.rows):
                     rows = batch.rows[table]
-                    self.lake.write(table, arrow_table(table, rows))
-                    self.counters.stored[table] += len(rows)
+                    self.lake.write(table, rows)
+                    self.counters.stored[table] += rows.num_rows
                     del batch.rows[table]  # written: a retry must not write it again
                 self.counters.flushes += 1
                 return True
@@ -224,6 +226,32 @@ class Collector:
                     log.error("stopping with %d message(s) unwritten and unacknowledged; the "
                               "broker keeps them", batch.count)
                     return False
+
+    def _tabulate(self, batch: Batch) -> None:
+        """Rows -> Arrow tables. A row Arrow refuses (the parsers should have caught it) goes
+        to quarantine instead of holding its whole batch back forever."""
+        refused = []
+        for table, rows in list(batch.rows.items()):
+            try:
+                batch.rows[table] = arrow_table(table, rows)
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                good = []
+                for row in rows:
+                    try:
+                        arrow_table(table, [row])
+                        good.append(row)
+                    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                        refused.append(quarantine_row(
+                            table, row.get("device"), BadInput("unstorable", str(exc)),
+                            repr(row).encode(), time.time()))
+                batch.rows[table] = arrow_table(table, good)
+        if refused:
+            self.counters.quarantined["unstorable"] += len(refused)
+            log.error("%d row(s) the lake cannot store were quarantined", len(refused))
+            quarantined = batch.rows.get(QUARANTINE)
+            extra = arrow_table(QUARANTINE, refused)
+            batch.rows[QUARANTINE] = extra if quarantined is None else pa.concat_tables(
+                [quarantined, extra])
 
     def _acknowledge(self, batch: Batch) -> None:
         with self._link_lock:

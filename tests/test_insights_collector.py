@@ -16,6 +16,7 @@ from bench.support.broker import Mosquitto
 from deploy.connection import BrokerOptions
 from insights.collector import Collector, CollectorOptions
 from insights.lake import Lake
+from insights.schema import route, to_row
 from insights.synthetic import FleetPlan, generate, payloads
 from tests.support.insights_fleet import (
     AckedPublisher,
@@ -198,3 +199,17 @@ def test_a_status_sent_again_is_stored_once_so_one_file_never_repeats_a_key(
     collector.stop()
     pub.close()
     assert lake_value(lake, "SELECT count(*) FROM status_files") == 1
+
+
+def test_a_row_arrow_refuses_is_quarantined_not_retried_forever(tmp_path: Path) -> None:
+    from insights.buffer import Batch
+
+    collector = Collector(BrokerOptions.from_url("mqtt://127.0.0.1:1"), Lake(tmp_path, "u"),
+                          CollectorOptions(client_id="u"))
+    good = _labels(devices=1, seconds=1)
+    rows = [to_row(route(t, "edge"), p, time.time(), False) for t, p in good]
+    bad = {**rows[0], "seq": 2 ** 70}                # past int64: only Arrow notices
+    batch = Batch(rows={"labels": [*rows, bad]}, count=len(rows) + 1)
+    assert collector._store(batch)
+    assert lake_value(tmp_path, "SELECT count(*) FROM labels") == len(rows)
+    assert lake_rows(tmp_path, "SELECT kind FROM quarantine") == [("unstorable",)]

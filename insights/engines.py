@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from insights.lake import Lake
-from insights.schema import KEYS, LABELS, SCHEMAS, TABLES, first_copies_sql
+from insights.schema import KEYS, LABELS, SCHEMAS, TABLES, columns_sql, first_copies_sql
 
 ENGINES = ("duckdb", "spark")
 
@@ -73,13 +73,20 @@ class DuckDBEngine:
             for part, files in file_sets(lake, table).items():
                 name = f"{table}_{part}"
                 if files:
-                    listing = ", ".join(_quote(str(p)) for p in files)
-                    self.con.execute(
-                        f"CREATE OR REPLACE TEMPORARY VIEW {name} AS SELECT * FROM "
-                        f"read_parquet([{listing}], union_by_name = true)")
+                    self._register_files(table, name, files)
                 else:
                     self.con.register(name, SCHEMAS[table].empty_table())
             self.con.execute(view_sql(table))
+
+    def _register_files(self, table: str, name: str, files: list[Path]) -> None:
+        """The files as ``name``, with every column of today's schema: a column older files
+        lack (the agent's stats grow) reads as NULL."""
+        listing = ", ".join(_quote(str(p)) for p in files)
+        self.con.execute(f"CREATE OR REPLACE TEMPORARY VIEW {name}_raw AS SELECT * FROM "
+                         f"read_parquet([{listing}], union_by_name = true)")
+        present = {row[0] for row in self.con.execute(f"DESCRIBE {name}_raw").fetchall()}
+        self.con.execute(f"CREATE OR REPLACE TEMPORARY VIEW {name} AS SELECT "
+                         f"{columns_sql(table, present)} FROM {name}_raw")
 
     def rows(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         import duckdb
@@ -111,12 +118,12 @@ class SparkEngine:
         self.spark.sparkContext.setLogLevel("ERROR")
         for table in TABLES:
             for part, files in file_sets(lake, table).items():
+                schema = _spark_schema(self.spark, SCHEMAS[table])
                 if files:
-                    frame = self.spark.read.option("mergeSchema", "true").parquet(
-                        *[str(p) for p in files])
+                    frame = _with_all_columns(self.spark.read.option(
+                        "mergeSchema", "true").parquet(*[str(p) for p in files]), schema)
                 else:
-                    frame = self.spark.createDataFrame(
-                        [], schema=_spark_schema(self.spark, SCHEMAS[table]))
+                    frame = self.spark.createDataFrame([], schema=schema)
                 frame.createOrReplaceTempView(f"{table}_{part}")
             self.spark.sql(view_sql(table))
         self.spark.catalog.cacheTable(LABELS)  # the report reads it a dozen times
@@ -132,6 +139,16 @@ class SparkEngine:
 
     def close(self) -> None:
         self.spark.stop()
+
+
+def _with_all_columns(frame: Any, schema: Any) -> Any:
+    """Add the schema's columns older files lack, as NULLs of their type."""
+    from pyspark.sql.functions import lit
+
+    for f in schema.fields:
+        if f.name not in frame.columns:
+            frame = frame.withColumn(f.name, lit(None).cast(f.dataType))
+    return frame
 
 
 def _plain(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from agent.files import fsync_dir
-from insights.schema import QUARANTINE, TABLES, first_copies_sql
+from insights.schema import QUARANTINE, TABLES, columns_sql, first_copies_sql
 
 DAY_PREFIX = "day="
 JOURNAL = "_compaction.json"
@@ -186,9 +186,13 @@ class Lake:
         try:
             con.execute(f"SET memory_limit = '{MERGE_MEMORY}'")
             con.execute(f"SET temp_directory = '{self.root / '.merge-spill'}'")
-            rows_in = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+            con.execute(f"CREATE TEMPORARY VIEW raw AS SELECT * FROM {source}")
+            present = {row[0] for row in con.execute("DESCRIBE raw").fetchall()}
+            con.execute(f"CREATE TEMPORARY VIEW inputs AS SELECT "
+                        f"{columns_sql(table, present)} FROM raw")
+            rows_in = con.execute("SELECT count(*) FROM inputs").fetchone()[0]
             target = str(tmp).replace("'", "''")
-            con.execute(f"COPY ({first_copies_sql(table, source)} ORDER BY {order}) TO "
+            con.execute(f"COPY ({first_copies_sql(table, 'inputs')} ORDER BY {order}) TO "
                         f"'{target}' (FORMAT parquet, COMPRESSION zstd, "
                         f"ROW_GROUP_SIZE {int(row_group_size)})")
         finally:

@@ -73,6 +73,19 @@ KEYS: dict[str, tuple[str, ...]] = {
     MODEL_EVENTS: ("device", "key"), QUARANTINE: ()}
 
 
+# DuckDB types of the columns an older file may lack (a list column is never added later).
+DUCKDB_TYPES = {"double": "DOUBLE", "int64": "BIGINT", "int32": "INTEGER", "string": "VARCHAR",
+                "bool": "BOOLEAN", "binary": "BLOB"}
+
+
+def columns_sql(table: str, present: set[str]) -> str:
+    """Today's columns of ``table`` from files that have ``present``: a column older files
+    lack (the agent's stats grow) reads as NULL of its type."""
+    return ", ".join(
+        f.name if f.name in present else f"CAST(NULL AS {DUCKDB_TYPES[str(f.type)]}) AS {f.name}"
+        for f in SCHEMAS[table])
+
+
 def natural_key(table: str, row: dict[str, Any]) -> tuple:
     """What a redelivered copy of the message repeats (``KEYS``), with its table."""
     return (table, *(row[k] for k in KEYS[table]))

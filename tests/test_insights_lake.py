@@ -156,3 +156,25 @@ def test_a_writer_removes_only_its_own_unfinished_files(tmp_path: Path) -> None:
     (folder / ".part-other-1-1.parquet.tmp").write_bytes(b"x")
     assert lake.remove_own_temporaries() == 1
     assert (folder / ".part-other-1-1.parquet.tmp").exists()
+
+
+def test_files_from_an_older_agent_without_new_stats_fields_still_read_and_compact(
+        tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from insights.schema import SCHEMAS, STATS
+
+    lake = Lake(tmp_path, "w")
+    old_cols = [n for n in SCHEMAS[STATS].names if n != "mean_top1"]
+    row = {n: None for n in SCHEMAS[STATS].names} | {
+        "device": "cam", "ts": 1_780_000_000.0, "fps_out": 9.5, "key": "k1",
+        "received_ts": 1_780_000_000.5}
+    folder = lake.day_dir(STATS, "2026-05-28")
+    folder.mkdir(parents=True)
+    for n, key in enumerate(("k1", "k2")):             # every file written before the column
+        pq.write_table(arrow_table(STATS, [row | {"key": key}]).select(old_cols),
+                       folder / f"part-old-1-{n}.parquet")
+    assert lake_value(tmp_path, "SELECT count(*) FROM stats WHERE mean_top1 IS NULL") == 2
+    [result] = lake.compact_all()
+    assert result.rows_out == 2
+    assert lake_value(tmp_path, "SELECT sum(fps_out) FROM stats") == 19.0

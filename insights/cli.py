@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="what was seen, presence, drift, model impact, health")
     _lake_args(r)
-    r.add_argument("--since", default=None, help="Unix seconds, ISO 8601 or -2h")
+    r.add_argument("--since", default=None, help="Unix seconds, ISO 8601 or --since=-2h")
     r.add_argument("--until", default=None)
     r.add_argument("--device", default=None)
     r.add_argument("--bucket", default="1h", help="time bucket (30s, 15m, 1h, 1d)")

@@ -42,7 +42,7 @@ NODELAY_PRELUDE = (
 @contextlib.contextmanager
 def broker_with(extra: list[str]) -> Iterator[Any]:
     sys.path.insert(0, str(REPO))
-    from tests.support.broker import Mosquitto
+    from bench.support.broker import Mosquitto
 
     with tempfile.TemporaryDirectory(prefix="bench-mq-") as tmp:
         mq = Mosquitto(Path(tmp), persistence=False, extra_conf=extra).start()

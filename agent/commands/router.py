@@ -68,7 +68,7 @@ def parse_request(name: str, payload: bytes) -> CommandRequest:
 def peek_id(payload: bytes) -> RequestId | None:
     """The top-level ``id`` of a JSON object that may not decode as a whole (invalid UTF-8,
     nesting past the recursion limit, oversize): a flat scan that never recurses."""
-    text = payload[:MAX_COMMAND_BYTES * 16].decode("utf-8", errors="replace")
+    text = payload[:MAX_COMMAND_BYTES * 2].decode("utf-8", errors="replace")
     decoder = json.JSONDecoder()
     i, n, depth = 0, len(text), 0
     expect_key = False

@@ -11,6 +11,8 @@ outbox, the sender thread, paho, the broker and the subscriber add. Variants:
 * ``agent socket TCP_NODELAY``: the agent's MQTT socket with Nagle's algorithm off (paho
   leaves it on).
 * ``outbox off``: in-memory outbox (no SQLite commit).
+* ``GIL switch interval 0.5 ms``: CPython hands the GIL over every 0.5 ms instead of 5 ms
+  (does paho's network thread wait for the GIL?).
 * ``broker nodelay``: Mosquitto with ``set_tcp_nodelay true`` (its socket to the subscriber).
 """
 
@@ -109,6 +111,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "before: sender thread only": {"prelude": SENDER_ONLY_PRELUDE},
     "agent socket TCP_NODELAY": {"prelude": NODELAY_PRELUDE},
     "outbox off": {"outbox": False},
+    "GIL switch interval 0.5 ms": {"prelude": "import sys\nsys.setswitchinterval(0.0005)\n"},
     "broker set_tcp_nodelay": {"broker": ["set_tcp_nodelay true"]},
 }
 

@@ -22,12 +22,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.demo import write_digits_video as digits_video
 from agent.errors import PayloadError
 from agent.models.signing import KeyPairFiles, generate_keypair
 from agent.payloads import decode_json
-from tests.support.agent_proc import DATA, REPO, AgentProcess, agent_config, digits_video
-from tests.support.broker import Mosquitto
-from tests.support.mqtt_client import Collector
+from bench.support.agent_proc import DATA, REPO, AgentProcess, agent_config
+from bench.support.broker import Mosquitto
+from bench.support.mqtt_client import Collector
 
 pytestmark = pytest.mark.skipif(not (DATA / "digits_cnn.json").exists(),
                                 reason="reference models not built (make models)")

@@ -302,13 +302,13 @@ class ModelReceiver:
                              "commit for a push whose manifest never arrived (agent restarted "
                              "or the push expired); push again")
             return
+        self._hold()  # the trial child and the load compete for the CPU: queue frames
         try:
-            folder, timings = self._seal_and_try(push)
-        except Refused as exc:
-            self._finish(push, RESULT_REFUSED, str(exc))
-            return
-        self._hold()  # in-process loading competes for the CPU: queue frames, do not drop them
-        try:
+            try:
+                folder, timings = self._seal_and_try(push)
+            except Refused as exc:
+                self._finish(push, RESULT_REFUSED, str(exc))
+                return
             self._load_and_swap(push, folder, timings)
         finally:
             self._release()  # whatever happened, the inbox hold ends here

@@ -128,7 +128,7 @@ def _wait_for_agents(collector: Collector, procs: list[subprocess.Popen],
 
 
 def run_demo(seconds: float, out: str | Path) -> int:
-    out = Path(out)
+    out = Path(out).resolve()  # the agents run in their own folder: no relative paths
     if (out / "lake").exists():
         shutil.rmtree(out / "lake")
     out.mkdir(parents=True, exist_ok=True)

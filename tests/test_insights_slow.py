@@ -4,6 +4,7 @@ the HTML page; the demo runs end to end."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -101,10 +102,10 @@ def test_chromium_renders_every_section_of_the_html_report(lake: Lake, tmp_path:
 
 @pytest.mark.slow
 def test_the_demo_runs_three_agents_and_writes_the_report(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
+    out = tmp_path / "demo"  # given as a relative path, as `make insights-demo` does
     done = subprocess.run([sys.executable, "-m", "insights.cli", "demo", "--seconds", "12",
-                           "--out", str(out)], capture_output=True, text=True, timeout=180,
-                          cwd=REPO)
+                           "--out", "demo"], capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "What was seen" in done.stdout and "Presence" in done.stdout
     assert (out / "report.html").stat().st_size > 20_000

@@ -102,6 +102,10 @@ class AgentHarness:
         self.app = AgentApp(self.cfg, engine_factory=engine_factory)
         self.app.start()
         self.watch.wait_topic(self.topics.status, timeout=20)  # subscribed before it is sent
+        # The status seen may be the retained one of an earlier harness on this device: wait
+        # for this agent's own (its PUBACK comes after the SUBACK of its model topics).
+        if not self.app.port.wait_connected(20):
+            raise RuntimeError("the agent did not connect to the broker")
 
     @property
     def store(self) -> ModelStore:

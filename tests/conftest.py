@@ -4,8 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.models.signing import generate_keypair, load_private_key
 from bench.support.broker import Mosquitto
+from bench.support.deploy_helpers import tiny_tflite
+from deploy.broker import MqttSession
 from tests.support.certs import Certs, add_password, make_certs
 from tests.support.reference_models import ReferenceModel, reference_model
 
@@ -49,3 +53,24 @@ def cnn(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
 def lstm(tmp_path_factory: pytest.TempPathFactory) -> ReferenceModel:
     """The reference LSTM, trained once per session in a child process."""
     return reference_model("lstm", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model() -> bytes:
+    """The tiny valid model the delivery tests push."""
+    return tiny_tflite()
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
+    """A fresh deploy key pair: the private key and the public key's file."""
+    files = generate_keypair(tmp_path / "keys")
+    return load_private_key(files.private), files.public
+
+
+@pytest.fixture
+def session(mosquitto: Mosquitto) -> Iterator[MqttSession]:
+    """edge-deploy's MQTT session on the test broker."""
+    s = MqttSession(mosquitto.url)
+    yield s
+    s.close()

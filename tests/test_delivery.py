@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.models.signing import generate_keypair, load_private_key
 from agent.models.wire import Target, encode_chunk
 from bench.support.broker import Mosquitto
 from bench.support.deploy_helpers import (
@@ -24,26 +23,7 @@ from bench.support.deploy_helpers import (
     tiny_tflite,
     write_bundle,
 )
-from deploy.broker import MqttSession
 from deploy.push import Bundle, load_bundle, send_push
-
-
-@pytest.fixture(scope="module")
-def model() -> bytes:
-    return tiny_tflite()
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
-    files = generate_keypair(tmp_path / "keys")
-    return load_private_key(files.private), files.public
-
-
-@pytest.fixture
-def session(mosquitto: Mosquitto) -> Iterator[MqttSession]:
-    s = MqttSession(mosquitto.url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import ModelLoadError
 from agent.models.loader import EngineSettings
-from agent.models.signing import generate_keypair, load_private_key
 from agent.models.trial import try_in_child
 from bench.support.broker import Mosquitto
 from bench.support.deploy_helpers import (
@@ -24,7 +22,6 @@ from bench.support.deploy_helpers import (
     raw_push,
     tiny_tflite,
 )
-from deploy.broker import MqttSession
 
 BASE = "edge/dev1/model"
 CRASH_WORDS = (515, 535, 548)  # 32-bit words of the tiny model that segfault when set to -1
@@ -57,19 +54,6 @@ def crashing_model(tmp_path: Path) -> bytes:
             if "interpreter crashed" in str(exc):
                 return candidate
     raise AssertionError(f"none of the words {CRASH_WORDS} crashes this build's tiny model")
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
-    files = generate_keypair(tmp_path / "keys")
-    return load_private_key(files.private), files.public
-
-
-@pytest.fixture
-def session(mosquitto: Mosquitto) -> Iterator[MqttSession]:
-    s = MqttSession(mosquitto.url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

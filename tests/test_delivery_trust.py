@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.models.signing import generate_keypair, load_private_key
 from agent.models.wire import Target
 from bench.support.agent_proc import DATA
 from bench.support.broker import Mosquitto
@@ -23,31 +22,11 @@ from bench.support.deploy_helpers import (
     manifest_dict,
     offer_message,
     raw_push,
-    tiny_tflite,
     write_bundle,
 )
-from deploy.broker import MqttSession
 from deploy.push import load_bundle, send_push
 
 BASE = "edge/dev1/model"
-
-
-@pytest.fixture(scope="module")
-def model() -> bytes:
-    return tiny_tflite()
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
-    files = generate_keypair(tmp_path / "keys")
-    return load_private_key(files.private), files.public
-
-
-@pytest.fixture
-def session(mosquitto: Mosquitto) -> Iterator[MqttSession]:
-    s = MqttSession(mosquitto.url)
-    yield s
-    s.close()
 
 
 @pytest.fixture

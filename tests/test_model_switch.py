@@ -7,16 +7,13 @@ from __future__ import annotations
 import functools
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.inference.engine import Engine
 from agent.manifest import ModelManifest
-from agent.models.signing import generate_keypair, load_private_key
 from bench.support.broker import Mosquitto
 from bench.support.deploy_helpers import (
     LABELS,
@@ -27,7 +24,6 @@ from bench.support.deploy_helpers import (
     tiny_tflite,
     write_bundle,
 )
-from deploy.broker import MqttSession
 
 BASE = "edge/dev1/model"
 
@@ -46,19 +42,6 @@ def tiny_with(op: str) -> bytes:
         x = keras.layers.Lambda(lambda t: keras.ops.sqrt(keras.ops.negative(t)))(inp)
     out = keras.layers.Dense(len(LABELS), activation="softmax")(keras.layers.Flatten()(x))
     return tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, out)).convert()
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
-    files = generate_keypair(tmp_path / "keys")
-    return load_private_key(files.private), files.public
-
-
-@pytest.fixture
-def session(mosquitto: Mosquitto) -> Iterator[MqttSession]:
-    s = MqttSession(mosquitto.url)
-    yield s
-    s.close()
 
 
 def harness(mosquitto: Mosquitto, tmp_path: Path, key, **kw) -> AgentHarness:
